@@ -1,0 +1,291 @@
+//! The HTTP API: routes, the JSON extractor, authentication, and the one error type every handler returns.
+
+use crate::metrics::{self, Metrics};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::{self as mw, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use cloister_accounts::{AccountError, Accounts, Authenticated, UnixTime};
+use cloister_wire::{
+    AccountCreated, Credentials, ErrorBody, ErrorCode, ErrorDetail, Health, Me, RecoverRequest, Recovered,
+    SessionCreated,
+};
+use serde::de::DeserializeOwned;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// Largest request body any endpoint accepts; larger ones are refused before parsing or hashing.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+
+/// A clock: the only place the server reads wall time, replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        UnixTime(secs)
+    })
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The account service.
+    pub accounts: Arc<Accounts>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Wall clock.
+    pub clock: Clock,
+}
+
+/// The peer address of the connection, inserted by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts.extensions.get::<ClientAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip())
+}
+
+/// The client's IP address (unspecified when the router is called without a socket, as in tests).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts)))
+    }
+}
+
+/// An API error: a stable code, a human message, and for 429 a retry delay.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// The opaque 500; the cause goes to the log (causes never hold user data: see `StoreError`).
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal server error; the cause has been logged")
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        let code = match &e {
+            AccountError::InvalidEmail => ErrorCode::InvalidEmail,
+            AccountError::InvalidPassword(_) => ErrorCode::InvalidPassword,
+            AccountError::EmailTaken => ErrorCode::EmailTaken,
+            AccountError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            AccountError::InvalidToken => ErrorCode::InvalidToken,
+            AccountError::RateLimited { retry_after_secs } => {
+                return Self {
+                    code: ErrorCode::RateLimited,
+                    message: e.to_string(),
+                    retry_after: Some(*retry_after_secs),
+                }
+            }
+            _ => return Self::internal(&e),
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// A JSON body: `Content-Type: application/json`, at most [`MAX_BODY_BYTES`], each failure with its own code.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as Content-Type: application/json"));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+            } else {
+                ApiError::new(ErrorCode::MalformedJson, "the body could not be read")
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => {
+                    // serde's message names the field and the expected type; cut it short, never log it.
+                    let msg: String = e.to_string().chars().take(200).collect();
+                    ApiError::new(ErrorCode::InvalidRequest, format!("the request is not valid: {msg}"))
+                }
+                _ => ApiError::new(ErrorCode::MalformedJson, "the body is not well-formed UTF-8 JSON"),
+            }
+        })
+    }
+}
+
+/// A caller authenticated by `Authorization: Bearer <token>`.
+pub struct Auth(pub Authenticated);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let missing = || ApiError::new(ErrorCode::MissingToken, "send Authorization: Bearer <token>");
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+        let value = value.to_str().map_err(|_| missing())?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(missing());
+        }
+        Ok(Self(state.accounts.authenticate(token.trim(), (state.clock)()).await?))
+    }
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".to_owned() })
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+async fn sign_up(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(creds): ApiJson<Credentials>,
+) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
+    let (user_id, code) = state.accounts.sign_up(&creds, ip, (state.clock)()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AccountCreated { user_id: user_id.to_string(), recovery_code: code.as_str().to_owned() }),
+    ))
+}
+
+async fn log_in(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(creds): ApiJson<Credentials>,
+) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
+    let (token, expires_at) = state.accounts.log_in(&creds, ip, (state.clock)()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated { token: token.to_text().to_string(), expires_at: expires_at.to_rfc3339() }),
+    ))
+}
+
+async fn log_out(State(state): State<AppState>, Auth(auth): Auth) -> Result<StatusCode, ApiError> {
+    state.accounts.log_out(&auth).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<Me>, ApiError> {
+    let account = state.accounts.me(&auth).await?;
+    Ok(Json(Me {
+        user_id: account.user_id.to_string(),
+        created_at: account.created_at.to_rfc3339(),
+        session_expires_at: auth.expires_at.to_rfc3339(),
+    }))
+}
+
+async fn export(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<cloister_wire::Export>, ApiError> {
+    Ok(Json(state.accounts.export(&auth).await?))
+}
+
+async fn erase(State(state): State<AppState>, Auth(auth): Auth) -> Result<StatusCode, ApiError> {
+    state.accounts.erase(&auth, (state.clock)()).await?;
+    tracing::info!("an account was erased");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<RecoverRequest>,
+) -> Result<Json<Recovered>, ApiError> {
+    let (user_id, code) = state.accounts.recover(&req, ip, (state.clock)()).await?;
+    Ok(Json(Recovered { user_id: user_id.to_string(), recovery_code: code.as_str().to_owned() }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+}
+
+/// Headers on every answer: nothing cached (answers carry tokens and codes), no sniffing, no referrer.
+async fn protective_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The payload may hold request data: do not print it.
+    tracing::error!("a handler panicked; this is a bug");
+    ApiError::new(ErrorCode::Internal, "internal server error").into_response()
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/accounts", post(sign_up))
+        .route("/api/v1/accounts/recover", post(recover))
+        .route("/api/v1/sessions", post(log_in))
+        .route("/api/v1/sessions/current", delete(log_out))
+        .route("/api/v1/me", get(me).delete(erase))
+        .route("/api/v1/me/export", get(export))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(mw::from_fn(protective_headers))
+        .layer(mw::from_fn_with_state(state.metrics.clone(), metrics::track))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}

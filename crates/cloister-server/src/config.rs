@@ -1,0 +1,205 @@
+//! Command line, environment and TOML configuration. Precedence: flag, then environment, then file, then default.
+
+use anyhow::{bail, Context as _};
+use cloister_accounts::AccountsConfig;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Cloister: a privacy-first live classroom server.
+#[derive(Debug, Parser)]
+#[command(name = "cloister", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+}
+
+/// `cloister serve` flags. Each can also come from the environment (`CLOISTER_*`) or the TOML file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long flags with '_' for '-', plus an [accounts] table).
+    #[arg(long, env = "CLOISTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on; port 0 picks a free port. Default 127.0.0.1:8443.
+    #[arg(long, env = "CLOISTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: embedded database, TLS certificate, pepper. Default ./cloister-data.
+    #[arg(long, env = "CLOISTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://... to use PostgreSQL instead of the embedded SQLite database.
+    #[arg(long, env = "CLOISTER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Serve plain HTTP instead of HTTPS. Allowed only on a loopback address (development and tests).
+    #[arg(long, env = "CLOISTER_PLAIN_HTTP")]
+    pub plain_http: bool,
+    /// PEM certificate chain; with --tls-key. Without both, a self-signed certificate is made in the data dir.
+    #[arg(long, env = "CLOISTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CLOISTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the email pepper. Default <data-dir>/pepper.key, created with mode 0600 when absent.
+    /// CLOISTER_PEPPER, if set, holds the pepper text itself and wins.
+    #[arg(long, env = "CLOISTER_PEPPER_FILE")]
+    pub pepper_file: Option<PathBuf>,
+    /// Session lifetime in seconds (default 43200 = 12 h).
+    #[arg(long, env = "CLOISTER_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<i64>,
+    /// Seconds between purges of expired sessions (default 60).
+    #[arg(long, env = "CLOISTER_PURGE_INTERVAL_SECS")]
+    pub purge_interval_secs: Option<u64>,
+    /// Log format: "text" (default) or "json".
+    #[arg(long, env = "CLOISTER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    plain_http: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    pepper_file: Option<PathBuf>,
+    purge_interval_secs: Option<u64>,
+    log_format: Option<String>,
+    #[serde(default)]
+    accounts: Option<AccountsConfig>,
+}
+
+/// How to serve TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain HTTP on loopback.
+    Plain,
+    /// A certificate and key from files.
+    Files {
+        /// PEM certificate chain.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate for localhost in the data dir.
+    SelfSigned,
+}
+
+/// The resolved server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL, or `None` for the embedded SQLite.
+    pub database_url: Option<String>,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Pepper file path.
+    pub pepper_file: PathBuf,
+    /// Account settings.
+    pub accounts: AccountsConfig,
+    /// Seconds between purges.
+    pub purge_interval_secs: u64,
+    /// Log as JSON lines.
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Resolves flags/environment over the optional file over defaults, and checks the result.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("cloister-data"));
+        let database_url = args.database_url.clone().or(file.database_url).filter(|u| !u.is_empty());
+        let plain = args.plain_http || file.plain_http.unwrap_or(false);
+        let cert = args.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls_key.clone().or(file.tls_key);
+        let tls = match (plain, cert, key) {
+            (true, None, None) => TlsMode::Plain,
+            (true, _, _) => bail!("--plain-http cannot be combined with --tls-cert/--tls-key"),
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            (false, None, None) => TlsMode::SelfSigned,
+            (false, _, _) => bail!("--tls-cert and --tls-key must be given together"),
+        };
+        if tls == TlsMode::Plain && !listen.ip().is_loopback() {
+            bail!("--plain-http is allowed only on a loopback address (got {}); use HTTPS elsewhere", listen.ip());
+        }
+        let pepper_file = args.pepper_file.clone().or(file.pepper_file).unwrap_or_else(|| data_dir.join("pepper.key"));
+        let mut accounts = file.accounts.unwrap_or_default();
+        if let Some(ttl) = args.session_ttl_secs {
+            accounts.session_ttl_secs = ttl;
+        }
+        accounts.check().context("invalid [accounts] settings")?;
+        let purge_interval_secs = args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(60);
+        if purge_interval_secs == 0 {
+            bail!("purge interval must be at least 1 second");
+        }
+        let log_json = match args.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => bail!("unknown log format '{other}' (text or json)"),
+        };
+        Ok(Self { listen, data_dir, database_url, tls, pepper_file, accounts, purge_interval_secs, log_json })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.tls, TlsMode::SelfSigned);
+        assert_eq!(c.pepper_file, PathBuf::from("cloister-data/pepper.key"));
+        assert_eq!(c.accounts.session_ttl_secs, 43200);
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let mut a = ServeArgs { plain_http: true, ..ServeArgs::default() };
+        assert!(Config::resolve(&a).is_ok());
+        a.listen = Some("0.0.0.0:80".parse().unwrap());
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        a.listen = Some("[::1]:0".parse().unwrap());
+        assert!(Config::resolve(&a).is_ok());
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags_and_weak_argon2_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nplain_http = true\n[accounts]\nsession_ttl_secs = 600\n").unwrap();
+        let mut a = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!((c.listen.port(), c.tls.clone(), c.accounts.session_ttl_secs), (9000, TlsMode::Plain, 600));
+        a.listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(Config::resolve(&a).unwrap().listen.port(), 0);
+        std::fs::write(&path, "[accounts.argon2]\nmemory_kib = 1024\n").unwrap();
+        assert!(Config::resolve(&a).is_err());
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(Config::resolve(&a).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! `cloister serve`: open the database, load keys, bind, accept (TLS or plain), run background jobs, shut down
+//! gracefully on SIGINT/SIGTERM.
+
+use crate::api::{self, AppState, ClientAddr};
+use crate::config::{Config, ServeArgs, TlsMode};
+use crate::metrics::Metrics;
+use anyhow::Context as _;
+use async_trait::async_trait;
+use cloister_accounts::{Accounts, Offload};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Runs argon2id on tokio's blocking pool, at most `permits` at once, so a login flood cannot exhaust memory
+/// (each hash holds m KiB) or starve the reactor.
+pub struct TokioOffload {
+    permits: Arc<Semaphore>,
+}
+
+impl TokioOffload {
+    /// At most `n` concurrent jobs.
+    pub fn new(n: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(n.max(1))) }
+    }
+}
+
+#[async_trait]
+impl Offload for TokioOffload {
+    async fn run(&self, job: Box<dyn FnOnce() + Send + 'static>) {
+        let Ok(_permit) = self.permits.acquire().await else { return };
+        // A panic inside the job is a bug; the caller sees "job did not run" and answers 500.
+        let _ = tokio::task::spawn_blocking(job).await;
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(&args)?;
+    init_logging(config.log_json);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+
+    let (emails, created) = crate::pepper::load_or_create(&config.pepper_file)?;
+    if created {
+        tracing::info!(path = %config.pepper_file.display(), "created a new email pepper (mode 0600); back it up apart from the database");
+    }
+    let db = cloister_store::Database::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .context("cannot open the database")?;
+    tracing::info!(backend = ?db.backend(), "database ready, migrations applied");
+
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let offload = Arc::new(TokioOffload::new(cores * 2));
+    let accounts = Accounts::new(db.account_store(), emails, config.accounts.clone(), offload)
+        .context("invalid account settings")?;
+    let state = AppState { accounts: Arc::new(accounts), metrics: Arc::new(Metrics::default()), clock: api::system_clock() };
+    let app = api::router(state.clone());
+
+    let tls = match &config.tls {
+        TlsMode::Plain => None,
+        TlsMode::Files { cert, key } => Some(crate::tls::load(Some((cert, key)), &config.data_dir)?),
+        TlsMode::SelfSigned => Some(crate::tls::load(None, &config.data_dir)?),
+    };
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        if let Some(t) = &tls {
+            let _ = writeln!(out, "tls certificate sha256 fingerprint {}", t.fingerprint);
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(out, "listening on {scheme}://{local}");
+        let _ = out.flush();
+    }
+    tracing::info!(%local, tls = tls.is_some(), "serving");
+
+    // Background job: purge expired sessions.
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let purge_state = state.clone();
+    let interval = Duration::from_secs(config.purge_interval_secs);
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_rx.changed() => break,
+            }
+            match purge_state.accounts.purge_expired((purge_state.clock)()).await {
+                Ok(n) => {
+                    purge_state.metrics.sessions_purged.fetch_add(n, Ordering::Relaxed);
+                    if n > 0 {
+                        tracing::info!(count = n, "purged expired sessions");
+                    }
+                }
+                Err(e) => {
+                    purge_state.metrics.purge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "session purge failed");
+                }
+            }
+        }
+    });
+
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let app = app.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => serve_connection(TokioIo::new(tcp), peer, app, &builder, watcher).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), peer, app, &builder, watcher).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within 30 s; closing anyway");
+    }
+    let _ = stop_tx.send(true);
+    let _ = purge.await;
+    db.close().await;
+    tracing::info!("shutdown complete; database closed");
+    println!("shutdown complete");
+    Ok(())
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    peer: std::net::SocketAddr,
+    app: axum::Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        let mut app = app.clone();
+        async move { tower::Service::call(&mut app, req.map(axum::body::Body::new)).await }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,194 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use cloister_accounts::{AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+fn account(email_byte: u8) -> AccountRecord {
+    AccountRecord {
+        user_id: UserId::random(),
+        email_key_id: "k1".into(),
+        email_hmac: [email_byte; 32],
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        recovery_hash: TokenHash([9; 32]),
+        created_at: UnixTime(100),
+        updated_at: UnixTime(100),
+    }
+}
+
+fn session(user: &UserId, byte: u8, created: i64, expires: i64) -> SessionRecord {
+    SessionRecord { token_hash: TokenHash([byte; 32]), user_id: user.clone(), created_at: UnixTime(created), expires_at: UnixTime(expires) }
+}
+
+/// The behaviour every [`AccountStore`] must have; run against memory, SQLite and PostgreSQL alike.
+async fn conformance(store: Arc<dyn AccountStore>) {
+    let a = account(1);
+    store.insert_account(&a).await.unwrap();
+    assert!(matches!(store.insert_account(&account(1)).await, Err(StoreError::Conflict)), "email hash unique");
+    let mut same_id = account(2);
+    same_id.user_id = a.user_id.clone();
+    assert!(matches!(store.insert_account(&same_id).await, Err(StoreError::Conflict)), "user id unique");
+    assert_eq!(store.account_by_email(&[1; 32]).await.unwrap().unwrap(), a);
+    assert_eq!(store.account_by_id(&a.user_id).await.unwrap().unwrap(), a);
+    assert!(store.account_by_email(&[3; 32]).await.unwrap().is_none());
+
+    store.insert_session(&session(&a.user_id, 10, 100, 200)).await.unwrap();
+    store.insert_session(&session(&a.user_id, 11, 101, 300)).await.unwrap();
+    assert!(matches!(store.insert_session(&session(&a.user_id, 10, 1, 2)).await, Err(StoreError::Conflict)));
+    assert_eq!(store.sessions_of(&a.user_id).await.unwrap().len(), 2);
+    assert_eq!(store.session_by_token(&TokenHash([10; 32])).await.unwrap().unwrap().expires_at, UnixTime(200));
+
+    // Purge: only sessions with expires_at <= now.
+    assert_eq!(store.purge_expired_sessions(UnixTime(200)).await.unwrap(), 1);
+    assert!(store.session_by_token(&TokenHash([10; 32])).await.unwrap().is_none());
+    assert!(store.delete_session(&TokenHash([11; 32])).await.unwrap());
+    assert!(!store.delete_session(&TokenHash([11; 32])).await.unwrap());
+
+    // Credential replacement revokes sessions atomically.
+    store.insert_session(&session(&a.user_id, 12, 102, 400)).await.unwrap();
+    assert!(store.replace_credentials(&a.user_id, "new", &TokenHash([8; 32]), UnixTime(150)).await.unwrap());
+    let b = store.account_by_id(&a.user_id).await.unwrap().unwrap();
+    assert_eq!((b.password_hash.as_str(), b.recovery_hash, b.updated_at), ("new", TokenHash([8; 32]), UnixTime(150)));
+    assert!(store.sessions_of(&a.user_id).await.unwrap().is_empty());
+    assert!(!store.replace_credentials(&UserId::random(), "x", &TokenHash([8; 32]), UnixTime(1)).await.unwrap());
+
+    // Re-keying.
+    store.rekey_account(&a.user_id, "k2", &[4; 32], "rehashed").await.unwrap();
+    let c = store.account_by_email(&[4; 32]).await.unwrap().unwrap();
+    assert_eq!((c.email_key_id.as_str(), c.password_hash.as_str()), ("k2", "rehashed"));
+    let other = account(5);
+    store.insert_account(&other).await.unwrap();
+    assert!(matches!(store.rekey_account(&a.user_id, "k2", &[5; 32], "x").await, Err(StoreError::Conflict)));
+
+    // Erasure: account and sessions go, the erasure is recorded, other accounts stay.
+    store.insert_session(&session(&a.user_id, 13, 103, 500)).await.unwrap();
+    store.insert_session(&session(&other.user_id, 14, 103, 500)).await.unwrap();
+    assert!(store.erase_account(&a.user_id, UnixTime(160)).await.unwrap());
+    assert!(!store.erase_account(&a.user_id, UnixTime(161)).await.unwrap());
+    assert!(store.account_by_id(&a.user_id).await.unwrap().is_none());
+    assert!(store.sessions_of(&a.user_id).await.unwrap().is_empty());
+    assert!(store.was_erased(&a.user_id).await.unwrap());
+    assert!(!store.was_erased(&other.user_id).await.unwrap());
+    assert_eq!(store.sessions_of(&other.user_id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_sqlite(dir.path()).await.unwrap();
+    conformance(db.account_store()).await;
+    db.close().await;
+    // Reopening runs no migration twice.
+    let db = Database::open(None, dir.path()).await.unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let url = cloister_testkit::postgres().fresh_database().await;
+    let db = Database::open(Some(&url), std::path::Path::new("/nonexistent")).await.unwrap();
+    assert_eq!(db.backend(), Backend::Postgres);
+    conformance(db.account_store()).await;
+    db.close().await;
+    let db = Database::open_postgres(&url).await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn bad_database_url_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Database::open(Some("mysql://x"), dir.path()).await, Err(DatabaseError::BadUrl)));
+    assert!(matches!(
+        Database::open(Some("postgres://nobody@127.0.0.1:1/none?connect_timeout=1"), dir.path()).await,
+        Err(DatabaseError::Connect(_))
+    ));
+}
+
+// ---- the data-flow inventory ----
+
+#[derive(serde::Deserialize)]
+struct Inventory {
+    table: Vec<InvTable>,
+}
+#[derive(serde::Deserialize)]
+struct InvTable {
+    name: String,
+    purpose: String,
+    column: Vec<InvColumn>,
+}
+#[derive(serde::Deserialize)]
+struct InvColumn {
+    name: String,
+    class: String,
+    retention: String,
+    readers: Vec<String>,
+    purpose: String,
+}
+#[derive(serde::Deserialize)]
+struct Retention {
+    class: BTreeMap<String, toml::Value>,
+}
+
+const DATA_CLASSES: &[&str] =
+    &["pseudonymous_id", "keyed_hash", "password_hash", "secret_hash", "ciphertext", "operational_metadata", "public"];
+
+fn repo_file(rel: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn inventory_columns() -> BTreeSet<(String, String)> {
+    let inv: Inventory = toml::from_str(&repo_file("audits/data-inventory.toml")).unwrap();
+    let retention: Retention = toml::from_str(&repo_file("policy/retention.toml")).unwrap();
+    let mut out = BTreeSet::new();
+    for t in &inv.table {
+        assert!(!t.purpose.trim().is_empty(), "table {} has no purpose", t.name);
+        for c in &t.column {
+            assert!(DATA_CLASSES.contains(&c.class.as_str()), "{}.{}: unknown class {}", t.name, c.name, c.class);
+            assert!(retention.class.contains_key(&c.retention), "{}.{}: retention class {} not in policy/retention.toml", t.name, c.name, c.retention);
+            assert!(!c.readers.is_empty() && !c.purpose.trim().is_empty(), "{}.{}: readers and purpose", t.name, c.name);
+            assert!(out.insert((t.name.clone(), c.name.clone())), "{}.{} listed twice", t.name, c.name);
+        }
+    }
+    out
+}
+
+fn check_schema_against_inventory(schema: Vec<(String, String)>, backend: &str) {
+    let listed = inventory_columns();
+    let schema: BTreeSet<_> = schema.into_iter().collect();
+    let unlisted: Vec<_> = schema.difference(&listed).collect();
+    assert!(unlisted.is_empty(), "{backend} schema columns missing from audits/data-inventory.toml: {unlisted:?}");
+    let stale: Vec<_> = listed.difference(&schema).collect();
+    assert!(stale.is_empty(), "audits/data-inventory.toml lists columns the {backend} schema lacks: {stale:?}");
+}
+
+#[tokio::test]
+async fn every_sqlite_column_is_in_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_sqlite(dir.path()).await.unwrap();
+    check_schema_against_inventory(db.schema_columns().await.unwrap(), "SQLite");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn every_postgres_column_is_in_the_inventory() {
+    let url = cloister_testkit::postgres().fresh_database().await;
+    let db = Database::open_postgres(&url).await.unwrap();
+    check_schema_against_inventory(db.schema_columns().await.unwrap(), "PostgreSQL");
+    db.close().await;
+}
+
+#[test]
+fn the_inventory_check_catches_an_unlisted_column() {
+    let mut schema: Vec<_> = inventory_columns().into_iter().collect();
+    schema.push(("accounts".into(), "email_plaintext".into()));
+    let caught = std::panic::catch_unwind(|| check_schema_against_inventory(schema, "test"));
+    assert!(caught.is_err());
+}

@@ -1,0 +1,298 @@
+//! Cloister's HTTP API types: what crosses the wire between clients and the `cloister` server.
+//!
+//! This crate is plain data (serde types and the stable error-code list). It is not a client and not a server, and it
+//! holds no logic beyond (de)serialization. Secrets in requests (passwords, recovery codes) are [`Secret`]s: zeroized on
+//! drop and redacted in `Debug`, so a stray `{:?}` never logs them. User data that is not secret but must not reach a
+//! log either (an email address) is wrapped in [`Pii`].
+
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A secret string from a request (password, recovery code). Zeroized on drop, redacted in `Debug`.
+#[derive(Clone, Deserialize, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a string.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Personal data that must never reach a log: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Pii<T>(pub T);
+
+impl<T> fmt::Debug for Pii<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> fmt::Display for Pii<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `POST /api/v1/accounts` and `POST /api/v1/sessions`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The email address; only its keyed hash is stored.
+    pub email: Pii<String>,
+    /// The password, 8 to 64 Unicode scalar values.
+    pub password: Secret,
+}
+
+/// `201` answer to `POST /api/v1/accounts`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AccountCreated {
+    /// The new pseudonymous user id.
+    pub user_id: String,
+    /// The recovery code, shown once; the server keeps only its hash.
+    pub recovery_code: String,
+}
+
+/// `201` answer to `POST /api/v1/sessions`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SessionCreated {
+    /// Bearer token for `Authorization: Bearer ...`.
+    pub token: String,
+    /// When the token stops working, RFC 3339 UTC.
+    pub expires_at: String,
+}
+
+impl fmt::Debug for SessionCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCreated")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Me {
+    /// Pseudonymous user id.
+    pub user_id: String,
+    /// Account creation time, RFC 3339 UTC.
+    pub created_at: String,
+    /// When the current session expires, RFC 3339 UTC.
+    pub session_expires_at: String,
+}
+
+/// `POST /api/v1/accounts/recover`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    /// The account's email address.
+    pub email: Pii<String>,
+    /// The recovery code shown at sign-up (or at the last recovery).
+    pub recovery_code: Secret,
+    /// The new password.
+    pub new_password: Secret,
+}
+
+/// `200` answer to `POST /api/v1/accounts/recover`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Recovered {
+    /// The account recovered.
+    pub user_id: String,
+    /// A fresh recovery code; the old one no longer works.
+    pub recovery_code: String,
+}
+
+/// `GET /api/v1/me/export`: everything stored about the caller (GDPR Art. 15).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Export {
+    /// What this document is.
+    pub format: String,
+    /// Row of the `accounts` table.
+    pub account: ExportAccount,
+    /// Rows of the `sessions` table that belong to the caller.
+    pub sessions: Vec<ExportSession>,
+}
+
+/// The caller's `accounts` row, column by column.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ExportAccount {
+    /// `accounts.user_id`.
+    pub user_id: String,
+    /// `accounts.email_key_id`: which pepper keyed the email hash.
+    pub email_key_id: String,
+    /// `accounts.email_hmac`, hex: HMAC-SHA256(pepper, normalized email).
+    pub email_hmac: String,
+    /// `accounts.password_hash`: algorithm and parameters; the hash value itself is withheld (see `withheld`).
+    pub password_hash_algorithm: String,
+    /// `accounts.created_at`, RFC 3339.
+    pub created_at: String,
+    /// `accounts.updated_at`, RFC 3339.
+    pub updated_at: String,
+    /// Stored values not returned, and why.
+    pub withheld: Vec<String>,
+}
+
+/// One of the caller's `sessions` rows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ExportSession {
+    /// First 8 hex digits of `sessions.token_hash` (enough to tell sessions apart, useless to an attacker).
+    pub token_hash_prefix: String,
+    /// `sessions.created_at`, RFC 3339.
+    pub created_at: String,
+    /// `sessions.expires_at`, RFC 3339.
+    pub expires_at: String,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Health {
+    /// `"ok"`.
+    pub status: String,
+}
+
+/// The body of every error answer: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ErrorDetail {
+    /// Stable snake_case code; see [`ErrorCode`].
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+}
+
+/// Every stable error code the API returns, with its HTTP status.
+///
+/// Codes never change meaning once published; new ones may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: the body is not well-formed JSON (syntax, invalid UTF-8, trailing data).
+    MalformedJson,
+    /// 422: the JSON is well-formed but a field is missing, unknown or of the wrong type.
+    InvalidRequest,
+    /// 415: the request needs `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// 413: the body is larger than the endpoint accepts.
+    PayloadTooLarge,
+    /// 422: the email address is not a plausible address.
+    InvalidEmail,
+    /// 422: the password is shorter than 8 or longer than 64 characters.
+    InvalidPassword,
+    /// 409: an account with this email exists.
+    EmailTaken,
+    /// 401: email and password (or recovery code) do not match an account.
+    InvalidCredentials,
+    /// 401: no bearer token was sent, or it is not of the token's form.
+    MissingToken,
+    /// 401: the bearer token is unknown, expired or revoked.
+    InvalidToken,
+    /// 429: too many attempts; see `Retry-After`.
+    RateLimited,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 503: the server is shutting down or overloaded.
+    Unavailable,
+    /// 500: a fault on the server; the cause is in the server's log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::MalformedJson,
+        Self::InvalidRequest,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::InvalidEmail,
+        Self::InvalidPassword,
+        Self::EmailTaken,
+        Self::InvalidCredentials,
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::RateLimited,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The stable snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidEmail => "invalid_email",
+            Self::InvalidPassword => "invalid_password",
+            Self::EmailTaken => "email_taken",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::MalformedJson => 400,
+            Self::InvalidRequest | Self::InvalidEmail | Self::InvalidPassword => 422,
+            Self::UnsupportedMediaType => 415,
+            Self::PayloadTooLarge => 413,
+            Self::EmailTaken => 409,
+            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => 401,
+            Self::RateLimited => 429,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

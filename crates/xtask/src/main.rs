@@ -1,0 +1,120 @@
+//! `cargo xtask`: the project's automation (matklad's cargo-xtask pattern). Every command installs what it needs.
+//!
+//! - `cargo xtask run [SERVE FLAGS]`: build and start `cloister serve` on the embedded database.
+//! - `cargo xtask test`: install test prerequisites (PostgreSQL), then fmt, clippy, docs and every test.
+//! - `cargo xtask bench`: account benchmarks (argon2id, logins/s, `GET /api/v1/me` latency); see BENCHMARKS.md.
+
+mod bench;
+
+use anyhow::{bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("xtask lives at crates/xtask").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {:?}", cmd);
+    let status = cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {program} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs Debian packages (`apt-get`, as root or through `sudo -n`).
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let apt = |args: &[&str]| {
+        let mut argv: Vec<&str> = if is_root() { vec![] } else { vec!["sudo", "-n"] };
+        argv.push("apt-get");
+        argv.extend_from_slice(args);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["-q", "update"]))?;
+    let mut args = vec!["-q", "-y", "--no-install-recommends", "install"];
+    args.extend_from_slice(packages);
+    run(&mut apt(&args))
+}
+
+fn postgres_installed() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").exists() && e.path().join("bin/postgres").exists())
+        || have("initdb") && have("postgres")
+}
+
+fn ensure_postgres() -> anyhow::Result<()> {
+    if !postgres_installed() {
+        eprintln!("xtask: PostgreSQL is not installed; installing Debian's postgresql for the tests");
+        apt_install(&["postgresql", "postgresql-contrib"])?;
+    }
+    if !postgres_installed() {
+        bail!("PostgreSQL is still missing after apt-get install postgresql");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    ensure_postgres()?;
+    let quick = args.iter().any(|a| a == "--quick");
+    if !quick {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+        run(cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    }
+    // The system tests start the real binary; build it first so they do not race to build it themselves.
+    run(cargo().args(["build", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
+    let extra: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
+    run(cargo().args(["test", "--workspace", "--locked"]).args(extra).env("CLOISTER_BIN", root().join("target/debug/cloister")))
+}
+
+fn run_server(args: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
+    let mut cmd = Command::new(root().join("target/release/cloister"));
+    cmd.arg("serve");
+    if !args.iter().any(|a| a.starts_with("--data-dir")) && std::env::var_os("CLOISTER_DATA_DIR").is_none() {
+        cmd.args(["--data-dir", "cloister-data"]);
+    }
+    cmd.args(args).current_dir(root());
+    eprintln!("xtask: starting cloister; open the printed URL (self-signed certificate: compare its fingerprint)");
+    run(&mut cmd)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run_server(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
+        Some("install-postgres") => ensure_postgres(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\
+                 \x20 run [FLAGS]       build and start `cloister serve` (embedded database in ./cloister-data)\n\
+                 \x20 test [--quick]    install test prerequisites, then fmt, clippy, docs and all tests\n\
+                 \x20 bench             account benchmarks (argon2id, logins/s, GET /api/v1/me)\n\
+                 \x20 install-postgres  install Debian's PostgreSQL if missing"
+            );
+            bail!("unknown or missing command")
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Whole-system scenarios live in `tests/*.rs`; this library is empty.
