@@ -98,7 +98,13 @@ pub struct PasswordHasher {
 
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PasswordHasher(argon2id m={} t={} p={})", self.params.m_cost(), self.params.t_cost(), self.params.p_cost())
+        write!(
+            f,
+            "PasswordHasher(argon2id m={} t={} p={})",
+            self.params.m_cost(),
+            self.params.t_cost(),
+            self.params.p_cost()
+        )
     }
 }
 
@@ -168,7 +174,8 @@ impl PasswordHasher {
     pub fn describe(phc: &str) -> String {
         match PasswordHash::new(phc) {
             Ok(parsed) => {
-                let params: Vec<String> = parsed.params.iter().map(|(k, v)| format!("{}={}", k.as_str(), v.as_str())).collect();
+                let params: Vec<String> =
+                    parsed.params.iter().map(|(k, v)| format!("{}={}", k.as_str(), v.as_str())).collect();
                 format!("{} v={} {}", parsed.algorithm.as_str(), parsed.version.unwrap_or(19), params.join(","))
             }
             Err(_) => "unknown".to_owned(),

@@ -139,7 +139,8 @@ impl Accounts {
 
     fn throttle(&self, keys: &[ThrottleKey], now: UnixTime) -> Result<(), AccountError> {
         let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
-        t.check(keys, now.0.saturating_mul(1000)).map_err(|retry_after_secs| AccountError::RateLimited { retry_after_secs })
+        t.check(keys, now.0.saturating_mul(1000))
+            .map_err(|retry_after_secs| AccountError::RateLimited { retry_after_secs })
     }
 
     async fn offload<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, AccountError> {

@@ -126,7 +126,8 @@ impl MemoryStore {
 impl AccountStore for MemoryStore {
     async fn insert_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
         let mut t = self.lock();
-        if t.accounts.contains_key(&account.user_id) || t.accounts.values().any(|a| a.email_hmac == account.email_hmac) {
+        if t.accounts.contains_key(&account.user_id) || t.accounts.values().any(|a| a.email_hmac == account.email_hmac)
+        {
             return Err(StoreError::Conflict);
         }
         t.accounts.insert(account.user_id.clone(), account.clone());

@@ -16,17 +16,35 @@ fn creds(email: &str, password: &str) -> Credentials {
 }
 
 fn service(store: Arc<MemoryStore>, pepper: &str) -> Accounts {
-    Accounts::new(store, EmailHasher::from_pepper_text(pepper).unwrap(), AccountsConfig::default(), Arc::new(InlineOffload))
-        .unwrap()
+    Accounts::new(
+        store,
+        EmailHasher::from_pepper_text(pepper).unwrap(),
+        AccountsConfig::default(),
+        Arc::new(InlineOffload),
+    )
+    .unwrap()
 }
 
 #[test]
 fn email_normalization() {
     assert_eq!(normalize_email("  Alice@Example.ORG ").unwrap().as_str(), "alice@example.org");
     // NFC: 'e' + combining acute equals precomposed 'é'.
-    assert_eq!(normalize_email("jose\u{301}@x.io").unwrap().as_str(), normalize_email("jos\u{e9}@x.io").unwrap().as_str());
-    for bad in ["", "alice", "@example.org", "alice@", "alice@localhost", "a b@c.de", "a@b..de", "a@.de", "a@de.", "a\u{0}@b.de"]
-    {
+    assert_eq!(
+        normalize_email("jose\u{301}@x.io").unwrap().as_str(),
+        normalize_email("jos\u{e9}@x.io").unwrap().as_str()
+    );
+    for bad in [
+        "",
+        "alice",
+        "@example.org",
+        "alice@",
+        "alice@localhost",
+        "a b@c.de",
+        "a@b..de",
+        "a@.de",
+        "a@de.",
+        "a\u{0}@b.de",
+    ] {
         assert!(normalize_email(bad).is_none(), "{bad:?} should be refused");
     }
     let long = format!("{}@example.org", "a".repeat(250));
@@ -89,7 +107,10 @@ fn token_hashing_and_parsing() {
 #[test]
 fn known_answer_sha256_token_hash() {
     // SHA-256 of 32 zero bytes.
-    assert_eq!(hex::encode(TokenHash::of(&[0u8; 32]).0), "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925");
+    assert_eq!(
+        hex::encode(TokenHash::of(&[0u8; 32]).0),
+        "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+    );
 }
 
 #[test]
@@ -159,7 +180,7 @@ fn throttle_buckets() {
     assert!(t.check(&[ip.clone()], 0).is_ok());
     assert!(t.check(&[ip.clone()], 0).is_err());
     assert!(t.check(&[ip.clone(), acct.clone()], 2000).is_ok()); // both refilled enough
-    // IPv6 addresses of one /64 share a bucket.
+                                                                 // IPv6 addresses of one /64 share a bucket.
     let a = ThrottleKey::SignupIp(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 1, 2, 3, 4)));
     let b = ThrottleKey::SignupIp(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 9, 9, 9, 9)));
     assert!(t.check(&[a], 0).is_ok());
@@ -220,8 +241,14 @@ fn recovery_replaces_password_and_code_and_revokes_sessions() {
             recovery_code: Secret::new(code),
             new_password: Secret::new(pw),
         };
-        assert!(matches!(svc.recover(&req("AAAA", "newpassword"), IP, now).await, Err(AccountError::InvalidCredentials)));
-        assert!(matches!(svc.recover(&req(code.as_str(), "short"), IP, now).await, Err(AccountError::InvalidPassword(_))));
+        assert!(matches!(
+            svc.recover(&req("AAAA", "newpassword"), IP, now).await,
+            Err(AccountError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            svc.recover(&req(code.as_str(), "short"), IP, now).await,
+            Err(AccountError::InvalidPassword(_))
+        ));
         let (uid2, code2) = svc.recover(&req(code.as_str(), "newpassword"), IP, now).await.unwrap();
         assert_eq!(uid, uid2);
         assert!(svc.authenticate(&token.to_text(), now).await.is_err(), "old sessions revoked");

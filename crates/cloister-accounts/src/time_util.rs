@@ -13,9 +13,7 @@ impl UnixTime {
     /// RFC 3339 in UTC, e.g. `2026-11-24T08:00:00Z`.
     pub fn to_rfc3339(self) -> String {
         match time::OffsetDateTime::from_unix_timestamp(self.0) {
-            Ok(t) => t
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| self.0.to_string()),
+            Ok(t) => t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| self.0.to_string()),
             Err(_) => self.0.to_string(),
         }
     }

@@ -18,7 +18,8 @@ impl UserId {
     }
     /// Parses a stored or received id; `None` unless it is 32 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| Self(s.to_owned()))
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| Self(s.to_owned()))
     }
     /// The id as text.
     pub fn as_str(&self) -> &str {

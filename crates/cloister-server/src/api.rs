@@ -1,7 +1,7 @@
 //! The HTTP API: routes, the JSON extractor, authentication, and the one error type every handler returns.
 
 use crate::metrics::{self, Metrics};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -27,10 +27,8 @@ pub type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
 /// The system clock.
 pub fn system_clock() -> Clock {
     Arc::new(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         UnixTime(secs)
     })
 }
@@ -129,10 +127,45 @@ impl From<AccountError> for ApiError {
 /// A JSON body: `Content-Type: application/json`, at most [`MAX_BODY_BYTES`], each failure with its own code.
 pub struct ApiJson<T>(pub T);
 
+/// An over-long body is read and dropped up to this many bytes before the 413 goes out, so that the client, still
+/// sending, reads the answer instead of a connection reset (a lingering close). Beyond it the connection is closed.
+const DRAIN_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Reads at most [`MAX_BODY_BYTES`]; drains (bounded in bytes and time) and refuses anything longer.
+async fn read_limited(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt as _;
+    let too_large =
+        || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {MAX_BODY_BYTES} bytes"));
+    let unreadable = || ApiError::new(ErrorCode::MalformedJson, "the body could not be read");
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(if seen > MAX_BODY_BYTES { too_large() } else { unreadable() }),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(if seen > MAX_BODY_BYTES { too_large() } else { unreadable() }),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            return Err(too_large());
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(buf)
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -140,15 +173,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !json {
-            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as Content-Type: application/json"));
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as Content-Type: application/json",
+            ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is larger than {MAX_BODY_BYTES} bytes"))
-            } else {
-                ApiError::new(ErrorCode::MalformedJson, "the body could not be read")
-            }
-        })?;
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        let bytes = read_limited(req.into_body()).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
@@ -283,7 +321,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me/export", get(export))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(mw::from_fn(protective_headers))
         .layer(mw::from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

@@ -1,8 +1,8 @@
 //! Command line, environment and TOML configuration. Precedence: flag, then environment, then file, then default.
 
 use anyhow::{bail, Context as _};
-use cloister_accounts::AccountsConfig;
 use clap::{Args, Parser, Subcommand};
+use cloister_accounts::AccountsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,7 +191,8 @@ mod tests {
     fn file_is_overridden_by_flags_and_weak_argon2_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nplain_http = true\n[accounts]\nsession_ttl_secs = 600\n").unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nplain_http = true\n[accounts]\nsession_ttl_secs = 600\n")
+            .unwrap();
         let mut a = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
         let c = Config::resolve(&a).unwrap();
         assert_eq!((c.listen.port(), c.tls.clone(), c.accounts.session_ttl_secs), (9000, TlsMode::Plain, 600));

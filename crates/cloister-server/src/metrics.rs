@@ -92,7 +92,11 @@ impl Metrics {
         for ((route, method, status), s) in &map {
             let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
             for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "cloister_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}", s.buckets[i]);
+                let _ = writeln!(
+                    out,
+                    "cloister_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                    s.buckets[i]
+                );
             }
             let _ = writeln!(out, "cloister_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
             let _ = writeln!(out, "cloister_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);

@@ -87,7 +87,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let offload = Arc::new(TokioOffload::new(cores * 2));
     let accounts = Accounts::new(db.account_store(), emails, config.accounts.clone(), offload)
         .context("invalid account settings")?;
-    let state = AppState { accounts: Arc::new(accounts), metrics: Arc::new(Metrics::default()), clock: api::system_clock() };
+    let state =
+        AppState { accounts: Arc::new(accounts), metrics: Arc::new(Metrics::default()), clock: api::system_clock() };
     let app = api::router(state.clone());
 
     let tls = match &config.tls {

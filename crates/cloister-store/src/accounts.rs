@@ -71,12 +71,11 @@ macro_rules! sql_account_store {
             }
 
             async fn account_by_email(&self, email_hmac: &[u8; 32]) -> Result<Option<AccountRecord>, StoreError> {
-                let row: Option<AccountRow> =
-                    sqlx::query_as(&format!("{ACCOUNT_COLUMNS} WHERE email_hmac = $1"))
-                        .bind(&email_hmac[..])
-                        .fetch_optional(&self.0)
-                        .await
-                        .map_err(backend)?;
+                let row: Option<AccountRow> = sqlx::query_as(&format!("{ACCOUNT_COLUMNS} WHERE email_hmac = $1"))
+                    .bind(&email_hmac[..])
+                    .fetch_optional(&self.0)
+                    .await
+                    .map_err(backend)?;
                 row.map(account_from_row).transpose()
             }
 
@@ -141,14 +140,16 @@ macro_rules! sql_account_store {
             }
 
             async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&s.token_hash.0[..])
-                    .bind(s.user_id.as_str())
-                    .bind(s.created_at.0)
-                    .bind(s.expires_at.0)
-                    .execute(&self.0)
-                    .await
-                    .map_err(backend)?;
+                sqlx::query(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&s.token_hash.0[..])
+                .bind(s.user_id.as_str())
+                .bind(s.created_at.0)
+                .bind(s.expires_at.0)
+                .execute(&self.0)
+                .await
+                .map_err(backend)?;
                 Ok(())
             }
 

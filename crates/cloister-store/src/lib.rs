@@ -121,18 +121,22 @@ impl Database {
     /// Every `(table, column)` of the schema, sorted, for the inventory check.
     pub async fn schema_columns(&self) -> Result<Vec<(String, String)>, DatabaseError> {
         let rows: Vec<(String, String)> = match self {
-            Self::Sqlite(p) => sqlx::query_as(
-                "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
+            Self::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
                  WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
-            )
-            .fetch_all(p)
-            .await,
-            Self::Postgres(p) => sqlx::query_as(
-                "SELECT table_name::text, column_name::text FROM information_schema.columns \
+                )
+                .fetch_all(p)
+                .await
+            }
+            Self::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT table_name::text, column_name::text FROM information_schema.columns \
                  WHERE table_schema = current_schema()",
-            )
-            .fetch_all(p)
-            .await,
+                )
+                .fetch_all(p)
+                .await
+            }
         }
         .map_err(|e| DatabaseError::Query(e.to_string()))?;
         let mut rows = rows;

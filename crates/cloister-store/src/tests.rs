@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use cloister_accounts::{AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId};
+use cloister_accounts::{
+    AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -18,7 +20,12 @@ fn account(email_byte: u8) -> AccountRecord {
 }
 
 fn session(user: &UserId, byte: u8, created: i64, expires: i64) -> SessionRecord {
-    SessionRecord { token_hash: TokenHash([byte; 32]), user_id: user.clone(), created_at: UnixTime(created), expires_at: UnixTime(expires) }
+    SessionRecord {
+        token_hash: TokenHash([byte; 32]),
+        user_id: user.clone(),
+        created_at: UnixTime(created),
+        expires_at: UnixTime(expires),
+    }
 }
 
 /// The behaviour every [`AccountStore`] must have; run against memory, SQLite and PostgreSQL alike.
@@ -152,8 +159,19 @@ fn inventory_columns() -> BTreeSet<(String, String)> {
         assert!(!t.purpose.trim().is_empty(), "table {} has no purpose", t.name);
         for c in &t.column {
             assert!(DATA_CLASSES.contains(&c.class.as_str()), "{}.{}: unknown class {}", t.name, c.name, c.class);
-            assert!(retention.class.contains_key(&c.retention), "{}.{}: retention class {} not in policy/retention.toml", t.name, c.name, c.retention);
-            assert!(!c.readers.is_empty() && !c.purpose.trim().is_empty(), "{}.{}: readers and purpose", t.name, c.name);
+            assert!(
+                retention.class.contains_key(&c.retention),
+                "{}.{}: retention class {} not in policy/retention.toml",
+                t.name,
+                c.name,
+                c.retention
+            );
+            assert!(
+                !c.readers.is_empty() && !c.purpose.trim().is_empty(),
+                "{}.{}: readers and purpose",
+                t.name,
+                c.name
+            );
             assert!(out.insert((t.name.clone(), c.name.clone())), "{}.{} listed twice", t.name, c.name);
         }
     }

@@ -28,6 +28,7 @@ pub fn canary(prefix: &str) -> String {
 #[derive(Debug)]
 pub struct PgCluster {
     admin_url: String,
+    data_dir: Option<PathBuf>,
 }
 
 static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
@@ -38,7 +39,7 @@ static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 /// When PostgreSQL is not installed or does not start: the message says how to install it.
 pub fn postgres() -> &'static PgCluster {
     CLUSTER.get_or_init(|| match std::env::var("CLOISTER_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => PgCluster { admin_url: url },
+        Ok(url) if !url.is_empty() => PgCluster { admin_url: url, data_dir: None },
         _ => start_cluster().unwrap_or_else(|e| panic!("cannot start a PostgreSQL test cluster: {e}")),
     })
 }
@@ -49,14 +50,16 @@ impl PgCluster {
         &self.admin_url
     }
 
+    /// The cluster's data directory, when this process started the cluster (tests search it for canaries).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
     /// Creates an empty database with a random name and returns its URL.
     pub async fn fresh_database(&self) -> String {
         let name = canary("t_");
         let mut conn = sqlx::PgConnection::connect(&self.admin_url).await.expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.expect("create a test database");
         let _ = conn.close().await;
         let base = self.admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&self.admin_url);
         format!("{base}/{name}")
@@ -204,7 +207,7 @@ fn start_cluster() -> Result<PgCluster, String> {
                 .map(|s| s.success())
                 .unwrap_or(true);
             if ready {
-                return Ok(PgCluster { admin_url });
+                return Ok(PgCluster { admin_url, data_dir: Some(data) });
             }
         }
         if Instant::now() > deadline {

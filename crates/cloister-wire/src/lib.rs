@@ -86,10 +86,7 @@ pub struct SessionCreated {
 
 impl fmt::Debug for SessionCreated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionCreated")
-            .field("token", &"<redacted>")
-            .field("expires_at", &self.expires_at)
-            .finish()
+        f.debug_struct("SessionCreated").field("token", &"<redacted>").field("expires_at", &self.expires_at).finish()
     }
 }
 

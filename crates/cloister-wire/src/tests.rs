@@ -3,10 +3,7 @@ use std::collections::HashSet;
 
 #[test]
 fn secrets_and_pii_never_show_in_debug() {
-    let creds = Credentials {
-        email: Pii("canary@example.org".into()),
-        password: Secret::new("hunter2hunter2"),
-    };
+    let creds = Credentials { email: Pii("canary@example.org".into()), password: Secret::new("hunter2hunter2") };
     let shown = format!("{creds:?}");
     assert!(!shown.contains("canary"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");

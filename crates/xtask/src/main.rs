@@ -30,7 +30,11 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {program} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
@@ -84,7 +88,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The system tests start the real binary; build it first so they do not race to build it themselves.
     run(cargo().args(["build", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
     let extra: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
-    run(cargo().args(["test", "--workspace", "--locked"]).args(extra).env("CLOISTER_BIN", root().join("target/debug/cloister")))
+    run(cargo()
+        .args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .env("CLOISTER_BIN", root().join("target/debug/cloister")))
 }
 
 fn run_server(args: &[String]) -> anyhow::Result<()> {

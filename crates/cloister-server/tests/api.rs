@@ -1,0 +1,399 @@
+//! Service tests: the whole router, called without a socket, on an in-memory store and a fake clock.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use cloister_accounts::{Accounts, AccountsConfig, EmailHasher, MemoryStore, UnixTime};
+use cloister_server::api::{router, AppState};
+use cloister_server::metrics::Metrics;
+use cloister_server::serve::TokioOffload;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tower::ServiceExt as _;
+
+const PEPPER: &str = "k1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n";
+
+struct Harness {
+    app: axum::Router,
+    now: Arc<AtomicI64>,
+    state: AppState,
+}
+
+fn harness() -> Harness {
+    let now = Arc::new(AtomicI64::new(1_800_000_000));
+    let clock_now = now.clone();
+    let accounts = Accounts::new(
+        Arc::new(MemoryStore::new()),
+        EmailHasher::from_pepper_text(PEPPER).unwrap(),
+        AccountsConfig::default(),
+        Arc::new(TokioOffload::new(4)),
+    )
+    .unwrap();
+    let state = AppState {
+        accounts: Arc::new(accounts),
+        metrics: Arc::new(Metrics::default()),
+        clock: Arc::new(move || UnixTime(clock_now.load(Ordering::SeqCst))),
+    };
+    Harness { app: router(state.clone()), now, state }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    raw: Vec<u8>,
+}
+
+impl Harness {
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Reply { status, headers, body, raw }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(&v).unwrap())
+            }
+            None => Body::empty(),
+        };
+        self.send(b.body(body).unwrap()).await
+    }
+
+    async fn raw_post(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut b = Request::builder().method(Method::POST).uri(path);
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        self.send(b.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn sign_up_and_log_in(&self, email: &str, password: &str) -> String {
+        let r = self
+            .call(Method::POST, "/api/v1/accounts", None, Some(json!({"email": email, "password": password})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let r = self
+            .call(Method::POST, "/api/v1/sessions", None, Some(json!({"email": email, "password": password})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn assert_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&r.raw));
+    assert_eq!(r.body["error"]["code"], code, "body: {}", String::from_utf8_lossy(&r.raw));
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(r.body.as_object().unwrap().len(), 1, "only the error key");
+}
+
+#[tokio::test]
+async fn account_lifecycle() {
+    let h = harness();
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            None,
+            Some(json!({"email": "Ann@Example.org", "password": "s3cret-pass"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let user_id = r.body["user_id"].as_str().unwrap().to_owned();
+    let code = r.body["recovery_code"].as_str().unwrap().to_owned();
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "ann@example.org", "password": "s3cret-pass"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    assert!(r.body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let r = h.call(Method::GET, "/api/v1/me", Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["user_id"], user_id.as_str());
+
+    let r = h.call(Method::GET, "/api/v1/me/export", Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["account"]["user_id"], user_id.as_str());
+    assert_eq!(r.body["sessions"].as_array().unwrap().len(), 1);
+    let export = String::from_utf8_lossy(&r.raw).to_string();
+    assert!(!export.contains("ann@"), "export holds no email");
+    assert!(!export.contains("$argon2id$"), "export withholds the password hash");
+
+    // Recovery: new password and code; the old session dies.
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/accounts/recover",
+            None,
+            Some(json!({"email": "ann@example.org", "recovery_code": code, "new_password": "brand-new-pass"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_ne!(r.body["recovery_code"].as_str().unwrap(), code);
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&token), None).await, 401, "invalid_token");
+
+    let token = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "ann@example.org", "password": "brand-new-pass"})),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = h.call(Method::DELETE, "/api/v1/sessions/current", Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&token), None).await, 401, "invalid_token");
+}
+
+#[tokio::test]
+async fn erasure_is_final() {
+    let h = harness();
+    let token = h.sign_up_and_log_in("bo@example.org", "password-bo").await;
+    let second = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "bo@example.org", "password": "password-bo"})),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.call(Method::DELETE, "/api/v1/me", Some(&token), None).await.status, StatusCode::NO_CONTENT);
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&token), None).await, 401, "invalid_token");
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&second), None).await, 401, "invalid_token");
+    assert_error(&h.call(Method::DELETE, "/api/v1/me", Some(&token), None).await, 401, "invalid_token");
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "bo@example.org", "password": "password-bo"})),
+        )
+        .await;
+    assert_error(&r, 401, "invalid_credentials");
+}
+
+#[tokio::test]
+async fn login_does_not_reveal_whether_an_email_exists() {
+    let h = harness();
+    h.sign_up_and_log_in("cy@example.org", "password-cy").await;
+    let wrong = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "cy@example.org", "password": "password-xx"})),
+        )
+        .await;
+    let unknown = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "nobody@example.org", "password": "password-cy"})),
+        )
+        .await;
+    assert_error(&wrong, 401, "invalid_credentials");
+    assert_eq!(wrong.raw, unknown.raw, "same body");
+    assert_eq!(wrong.status, unknown.status);
+    assert_eq!(wrong.headers.len(), unknown.headers.len());
+}
+
+#[tokio::test]
+async fn sign_up_of_a_taken_email_is_409() {
+    let h = harness();
+    h.sign_up_and_log_in("di@example.org", "password-di").await;
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            None,
+            Some(json!({"email": "DI@example.org", "password": "another-pass"})),
+        )
+        .await;
+    assert_error(&r, 409, "email_taken");
+}
+
+#[tokio::test]
+async fn expired_and_malformed_tokens_are_refused() {
+    let h = harness();
+    let token = h.sign_up_and_log_in("ed@example.org", "password-ed").await;
+    assert_eq!(h.call(Method::GET, "/api/v1/me", Some(&token), None).await.status, StatusCode::OK);
+    h.now.fetch_add(12 * 3600, Ordering::SeqCst);
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&token), None).await, 401, "invalid_token");
+    // The purge job finds nothing left of it.
+    assert_eq!(h.state.accounts.purge_expired((h.state.clock)()).await.unwrap(), 0);
+
+    assert_error(&h.call(Method::GET, "/api/v1/me", None, None).await, 401, "missing_token");
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some("not-a-token"), None).await, 401, "invalid_token");
+    let unknown = format!("cls_{}", "A".repeat(43));
+    assert_error(&h.call(Method::GET, "/api/v1/me", Some(&unknown), None).await, 401, "invalid_token");
+    let r = h
+        .send(
+            Request::get("/api/v1/me").header(header::AUTHORIZATION, "Basic Zm9vOmJhcg==").body(Body::empty()).unwrap(),
+        )
+        .await;
+    assert_error(&r, 401, "missing_token");
+    assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+}
+
+#[tokio::test]
+async fn purge_job_deletes_expired_sessions() {
+    let h = harness();
+    h.sign_up_and_log_in("fay@example.org", "password-fa").await;
+    h.sign_up_and_log_in("gus@example.org", "password-gu").await;
+    h.now.fetch_add(12 * 3600 + 1, Ordering::SeqCst);
+    assert_eq!(h.state.accounts.purge_expired((h.state.clock)()).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_stable_codes() {
+    let h = harness();
+    let token = h.sign_up_and_log_in("hal@example.org", "password-ha").await;
+    let post = |body: &'static [u8]| h.raw_post("/api/v1/accounts", Some("application/json"), body.to_vec());
+
+    assert_error(&post(b"{").await, 400, "malformed_json");
+    assert_error(&post(b"").await, 400, "malformed_json");
+    assert_error(&post(b"{\"email\":\"a@b.cd\",\"password\":\"12345678\"} trailing").await, 400, "malformed_json");
+    assert_error(&post(b"{\"email\":\"a@b.cd\",\"password\":\"\xff\xfe\xfd12345\"}").await, 400, "malformed_json");
+    assert_error(&post(b"{\"email\":42,\"password\":\"12345678\"}").await, 422, "invalid_request");
+    assert_error(&post(b"{\"email\":\"a@b.cd\"}").await, 422, "invalid_request");
+    assert_error(
+        &post(b"{\"email\":\"a@b.cd\",\"password\":\"12345678\",\"admin\":true}").await,
+        422,
+        "invalid_request",
+    );
+    assert_error(&post(b"[]").await, 422, "invalid_request");
+    assert_error(&post(b"{\"email\":\"not-an-email\",\"password\":\"12345678\"}").await, 422, "invalid_email");
+    assert_error(&post(b"{\"email\":\"x@y.zz\",\"password\":\"1234567\"}").await, 422, "invalid_password");
+    let long = format!("{{\"email\":\"x@y.zz\",\"password\":\"{}\"}}", "p".repeat(65));
+    assert_error(
+        &h.raw_post("/api/v1/accounts", Some("application/json"), long.into_bytes()).await,
+        422,
+        "invalid_password",
+    );
+    let ok64 = format!("{{\"email\":\"x@y.zz\",\"password\":\"{}\"}}", "é".repeat(64));
+    assert_eq!(
+        h.raw_post("/api/v1/accounts", Some("application/json"), ok64.into_bytes()).await.status,
+        StatusCode::CREATED
+    );
+
+    // Size: 1 MiB and just over 8 KiB are refused before parsing.
+    let mib = vec![b'{'; 1024 * 1024];
+    assert_error(&h.raw_post("/api/v1/accounts", Some("application/json"), mib).await, 413, "payload_too_large");
+    let over = format!("{{\"email\":\"x@y.zz\",\"password\":\"{}\"}}", "p".repeat(8 * 1024));
+    assert_error(
+        &h.raw_post("/api/v1/sessions", Some("application/json"), over.into_bytes()).await,
+        413,
+        "payload_too_large",
+    );
+
+    // Content type.
+    assert_error(&h.raw_post("/api/v1/accounts", None, b"{}".to_vec()).await, 415, "unsupported_media_type");
+    assert_error(
+        &h.raw_post("/api/v1/accounts", Some("text/plain"), b"{}".to_vec()).await,
+        415,
+        "unsupported_media_type",
+    );
+    let r = h
+        .raw_post(
+            "/api/v1/sessions",
+            Some("application/json; charset=utf-8"),
+            b"{\"email\":\"hal@example.org\",\"password\":\"password-ha\"}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    // Routes and methods.
+    assert_error(&h.call(Method::GET, "/api/v1/nope", None, None).await, 404, "not_found");
+    assert_error(&h.call(Method::GET, "/", None, None).await, 404, "not_found");
+    assert_error(&h.call(Method::GET, "/api/v1/accounts", None, None).await, 405, "method_not_allowed");
+    assert_error(&h.call(Method::PUT, "/api/v1/me", Some(&token), None).await, 405, "method_not_allowed");
+    assert_error(&h.call(Method::GET, "/api/v1/sessions/current", Some(&token), None).await, 405, "method_not_allowed");
+
+    // Still serving.
+    assert_eq!(h.call(Method::GET, "/api/v1/me", Some(&token), None).await.status, StatusCode::OK);
+    assert_eq!(h.call(Method::GET, "/healthz", None, None).await.body["status"], "ok");
+}
+
+#[tokio::test]
+async fn login_floods_get_429_with_retry_after() {
+    let h = harness();
+    h.sign_up_and_log_in("ida@example.org", "password-id").await;
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = h
+            .call(
+                Method::POST,
+                "/api/v1/sessions",
+                None,
+                Some(json!({"email": "ida@example.org", "password": "wrong-password"})),
+            )
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        assert_error(&r, 401, "invalid_credentials");
+    }
+    let r = limited.expect("throttle engages");
+    assert_error(&r, 429, "rate_limited");
+    let retry: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    // After waiting, attempts are allowed again.
+    h.now.fetch_add(retry as i64 + 1, Ordering::SeqCst);
+    let r = h
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            None,
+            Some(json!({"email": "ida@example.org", "password": "password-id"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn metrics_use_route_templates_only() {
+    let h = harness();
+    let canary = cloister_testkit::canary("cnry");
+    let email = format!("{canary}@example.org");
+    h.sign_up_and_log_in(&email, &format!("pw-{canary}")).await;
+    let _ = h.call(Method::GET, &format!("/api/v1/{canary}"), None, None).await;
+    let r = h.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(r.raw).unwrap();
+    assert!(
+        text.contains(r#"cloister_http_requests_total{route="/api/v1/sessions",method="POST",status="201"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="unmatched",method="GET",status="404""#), "{text}");
+    assert!(!text.to_lowercase().contains(&canary), "canary in metrics");
+}
