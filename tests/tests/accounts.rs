@@ -138,7 +138,8 @@ async fn canaries(backend: Backend) {
         Backend::Postgres => {
             // Force everything to disk before looking.
             let admin = cloister_testkit::postgres().admin_url().to_owned();
-            let out = std::process::Command::new("psql").args([&admin, "-qc", "CHECKPOINT"]).output();
+            let psql = cloister_testkit::postgres_bin_dir().unwrap().join("psql");
+            let out = std::process::Command::new(psql).args([&admin, "-qc", "CHECKPOINT"]).output();
             assert!(out.is_ok_and(|o| o.status.success()), "CHECKPOINT");
             cloister_testkit::postgres().data_dir().map(|p| p.to_path_buf())
         }
@@ -349,4 +350,27 @@ fn plain_http_is_refused_off_loopback_and_weak_settings_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("OWASP"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Regression: the server panicked at shutdown when its stdout pipe had been closed by the parent.
+#[test]
+fn shutdown_with_a_closed_stdout_pipe_does_not_panic() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(tests::cloister_bin())
+        .args(["serve", "--plain-http", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(lines.any(|l| l.unwrap().starts_with("listening on ")));
+    drop(lines); // closes the read end of the pipe
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

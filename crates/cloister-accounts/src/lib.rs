@@ -19,8 +19,8 @@ mod throttle;
 mod time_util;
 mod token;
 
-pub use email::{normalize_email, EmailHasher, EmailKey, EmailKeyId, PepperError};
-pub use password::{check_password, Argon2Config, ConfigError, PasswordHasher};
+pub use email::{normalize_email, EmailHasher, EmailKey, EmailKeyId, PepperError, MAX_EMAIL_LEN};
+pub use password::{check_password, Argon2Config, ConfigError, PasswordHasher, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 pub use service::{AccountError, Accounts, AccountsConfig, Authenticated, InlineOffload, Offload};
 pub use store::{AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError};
 pub use throttle::{BucketRule, Throttle, ThrottleConfig, ThrottleKey, TokenBucket};

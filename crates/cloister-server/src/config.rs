@@ -26,7 +26,7 @@ pub enum Command {
 /// `cloister serve` flags. Each can also come from the environment (`CLOISTER_*`) or the TOML file.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys as the long flags with '_' for '-', plus an [accounts] table).
+    /// TOML configuration file (keys as the long flags with '_' for '-', plus an `[accounts]` table).
     #[arg(long, env = "CLOISTER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address and port to listen on; port 0 picks a free port. Default 127.0.0.1:8443.
@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CLOISTER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// File holding the email pepper. Default <data-dir>/pepper.key, created with mode 0600 when absent.
+    /// File holding the email pepper. Default DATA_DIR/pepper.key, created with mode 0600 when absent.
     /// CLOISTER_PEPPER, if set, holds the pepper text itself and wins.
     #[arg(long, env = "CLOISTER_PEPPER_FILE")]
     pub pepper_file: Option<PathBuf>,

@@ -187,7 +187,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = purge.await;
     db.close().await;
     tracing::info!("shutdown complete; database closed");
-    println!("shutdown complete");
+    // stdout may be a closed pipe by now (the parent stopped reading): never panic over a status line.
+    let _ = writeln!(std::io::stdout().lock(), "shutdown complete");
     Ok(())
 }
 

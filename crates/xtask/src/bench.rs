@@ -60,7 +60,7 @@ fn start_server() -> anyhow::Result<Server> {
          login_per_ip = { burst = 1e9, refill_per_sec = 1e9 }\n\
          signup_per_ip = { burst = 1e9, refill_per_sec = 1e9 }\n",
     )?;
-    let mut child = Command::new(crate::root().join("target/release/cloister"))
+    let mut child = Command::new(crate::target_dir().join("release/cloister"))
         .args(["serve", "--plain-http", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--config")
@@ -125,6 +125,10 @@ where
 
 pub fn main(_args: &[String]) -> anyhow::Result<()> {
     let (a50, a95) = argon2_figures();
+    println!(
+        "machine: {} cores; server and load generator share them",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("argon2id m=19456 KiB t=2 p=1: hash p50 {a50:.1} ms, p95 {a95:.1} ms (40 hashes, one thread)");
     let server = start_server()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -150,6 +154,31 @@ pub fn main(_args: &[String]) -> anyhow::Result<()> {
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        // Enumeration resistance: an unknown email must cost what a wrong password costs. Interleaved, so drift in
+        // machine load hits both alike.
+        let cases = [
+            ("wrong password", serde_json::json!({"email": "bench@example.org", "password": "wrong-password"})),
+            ("unknown email", serde_json::json!({"email": "nobody@example.org", "password": "wrong-password"})),
+        ];
+        let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..60 {
+            for (i, (label, body)) in cases.iter().enumerate() {
+                let t = Instant::now();
+                let r = client.post(format!("{}/api/v1/sessions", server.base)).json(body).send().await?;
+                lat[i].push(t.elapsed().as_secs_f64() * 1e3);
+                if r.status() != 401 {
+                    bail!("{label}: expected 401, got {}", r.status());
+                }
+            }
+        }
+        for (i, (label, _)) in cases.iter().enumerate() {
+            lat[i].sort_by(f64::total_cmp);
+            println!(
+                "login 401 ({label}): p50 {:.1} ms, p95 {:.1} ms (60 each, interleaved)",
+                percentile(&lat[i], 0.5),
+                percentile(&lat[i], 0.95)
+            );
+        }
         let r = client.post(format!("{}/api/v1/sessions", server.base)).json(&creds).send().await?;
         let token = r.json::<serde_json::Value>().await?["token"].as_str().context("token")?.to_owned();
         let (c, b) = (client.clone(), server.base.clone());

@@ -14,6 +14,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("xtask lives at crates/xtask").to_path_buf()
 }
 
+/// The cargo target directory (`$CARGO_TARGET_DIR`, relative to the workspace root if relative, else `target/`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -91,12 +99,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--locked"])
         .args(extra)
-        .env("CLOISTER_BIN", root().join("target/debug/cloister")))
+        .env("CLOISTER_BIN", target_dir().join("debug/cloister")))
 }
 
 fn run_server(args: &[String]) -> anyhow::Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
     run(cargo().args(["build", "--release", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
-    let mut cmd = Command::new(root().join("target/release/cloister"));
+    let mut cmd = Command::new(target_dir().join("release/cloister"));
     cmd.arg("serve");
     if !args.iter().any(|a| a.starts_with("--data-dir")) && std::env::var_os("CLOISTER_DATA_DIR").is_none() {
         cmd.args(["--data-dir", "cloister-data"]);
