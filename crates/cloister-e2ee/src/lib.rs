@@ -1,5 +1,8 @@
 //! Cloister's end-to-end encryption core: what a client needs to protect a live session's media and messages.
 //!
+//! - [`group`]: MLS session groups: DS as the only external sender, batched commits by a committer role, roster,
+//!   safety codes, key-custody records, persistence.
+//! - [`message`]: typed, versioned application messages (chat, Q&A, polls, code edits, profiles, ...).
 //! - [`media`]: RFC 9605 SFrame with per-sender keys derived from the MLS epoch (§5.2), clear codec prefixes
 //!   authenticated as metadata, replay windows, a grace period for the previous epoch, persistent counters.
 //!
@@ -8,4 +11,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod group;
 pub mod media;
+pub mod message;
