@@ -55,6 +55,9 @@ pub enum GroupError {
     /// This member was removed from the group.
     #[error("this member is no longer in the group")]
     NotMember,
+    /// A Remove of this member is pending: it cannot commit (it is leaving the group).
+    #[error("a removal of this member is pending")]
+    BeingRemoved,
     /// Client state that does not restore.
     #[error("client state does not restore: {0}")]
     State(String),
@@ -400,10 +403,12 @@ impl SessionGroup {
             None => None,
         };
         let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, tree).map_err(refused)?;
+        // The Welcome's sender made the commit that created this epoch (for the custody record).
+        let committer = staged.welcome_sender_index().u32();
         let group = staged.into_group(provider).map_err(refused)?;
         let leaf = group.own_leaf_index().u32();
-        let mut me =
-            Self { group, identity, media: MediaKeyring::new(KidLayout::default(), leaf, grace_ms), last_committer: 0 };
+        let media = MediaKeyring::new(KidLayout::default(), leaf, grace_ms);
+        let mut me = Self { group, identity, media, last_committer: committer };
         me.enter_epoch(provider, now_ms, true)?;
         Ok(me)
     }
@@ -592,6 +597,10 @@ impl SessionGroup {
 
     /// Refreshes this member's leaf keys (post-compromise security), as a pending commit.
     pub fn self_update(&mut self, provider: &Provider) -> Result<CommitOutput, GroupError> {
+        let me = self.group.own_leaf_index();
+        if self.group.pending_proposals().any(|q| matches!(q.proposal(), Proposal::Remove(r) if r.removed() == me)) {
+            return Err(GroupError::BeingRemoved);
+        }
         let bundle =
             self.group.self_update(provider, &self.identity.signer, LeafNodeParameters::default()).map_err(refused)?;
         let (commit, welcome, _) = bundle.into_messages();
