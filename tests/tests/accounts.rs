@@ -374,3 +374,51 @@ fn shutdown_with_a_closed_stdout_pipe_does_not_panic() {
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// SIGTERM while a request is in flight (headers sent, body still coming): the server finishes that request, answers
+/// it, and only then exits cleanly.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let mut s = Server::start(Backend::Sqlite, &[]).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let body = br#"{"email":"inflight@example.org","password":"inflight-password"}"#;
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /api/v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    tcp.write_all(&body[..10]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Signal while the body is incomplete; then finish sending it.
+    let _ = std::process::Command::new("kill").args(["-TERM", &s.pid().to_string()]).status();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tcp.write_all(&body[10..]).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&reply).contains("recovery_code") {
+                    break;
+                }
+            }
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 201"), "in-flight request answered: {reply}");
+    drop(tcp);
+    let status = s.stop_after_signal();
+    assert!(status.success(), "clean exit: {status}");
+    assert!(s.stdout().contains("shutdown complete"));
+    // The account it created is there after a restart.
+    s.restart();
+    let c = s.client();
+    let (st, _) =
+        post(&s, &c, "/api/v1/sessions", json!({"email": "inflight@example.org", "password": "inflight-password"}))
+            .await;
+    assert_eq!(st, 201);
+}

@@ -397,3 +397,28 @@ async fn metrics_use_route_templates_only() {
     assert!(text.contains(r#"route="unmatched",method="GET",status="404""#), "{text}");
     assert!(!text.to_lowercase().contains(&canary), "canary in metrics");
 }
+
+#[tokio::test]
+async fn sign_up_floods_from_one_address_get_429() {
+    let h = harness();
+    let mut limited = None;
+    for i in 0..30 {
+        let r = h
+            .call(
+                Method::POST,
+                "/api/v1/accounts",
+                None,
+                Some(json!({"email": format!("u{i}@example.org"), "password": "password-xx"})),
+            )
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let (i, r) = limited.expect("sign-up throttle engages");
+    assert_eq!(i, 10, "burst of 10 sign-ups per address");
+    assert_error(&r, 429, "rate_limited");
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
