@@ -181,6 +181,11 @@ impl ExternalSenderIdentity {
         ExternalSender::new(self.signer.public().into(), self.credential.clone())
     }
 
+    /// The external sender as bytes (TLS encoding), as the server hands it to clients creating groups.
+    pub fn external_sender_bytes(&self) -> Result<Vec<u8>, GroupError> {
+        self.external_sender().tls_serialize_detached().map_err(refused)
+    }
+
     /// An Add proposal (TLS-encoded MLS message) for `key_package` (as from [`ClientIdentity::key_packages`]).
     pub fn propose_add(&self, group_id: &[u8], epoch: u64, key_package: &[u8]) -> Result<Vec<u8>, GroupError> {
         let msg = MlsMessageIn::tls_deserialize_exact(key_package).map_err(|_| GroupError::Malformed)?;
@@ -210,6 +215,11 @@ impl ExternalSenderIdentity {
         .map_err(refused)?;
         out.tls_serialize_detached().map_err(refused)
     }
+}
+
+/// Parses an external sender from [`ExternalSenderIdentity::external_sender_bytes`].
+pub fn external_sender_from_bytes(bytes: &[u8]) -> Result<ExternalSender, GroupError> {
+    ExternalSender::tls_deserialize_exact(bytes).map_err(|_| GroupError::Malformed)
 }
 
 /// One member as every member sees it.

@@ -251,6 +251,14 @@ impl MediaKeyring {
         self.send_epoch
     }
 
+    /// SHA-256 of an epoch's base key, hex: lets tests and debugging compare keys across members without revealing
+    /// them.
+    pub fn base_key_digest(&self, epoch: u64) -> Option<String> {
+        use sha2::Digest as _;
+        let e = self.epochs.iter().find(|e| e.epoch == epoch)?;
+        Some(sha2::Sha256::digest(e.base_key.as_slice()).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Epochs whose keys are held.
     pub fn epochs(&self) -> Vec<u64> {
         self.epochs.iter().map(|e| e.epoch).collect()

@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask run [SERVE FLAGS]`: build and start `cloister serve` on the embedded database.
 //! - `cargo xtask test`: install test prerequisites (PostgreSQL), then fmt, clippy, docs and every test.
+//! - `cargo xtask wasm`: build the browser's e2ee module (wasm-bindgen, size budget).
 //! - `cargo xtask bench`: account benchmarks (argon2id, logins/s, `GET /api/v1/me` latency); see BENCHMARKS.md.
 
 mod bench;
+mod wasm;
 
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
@@ -99,7 +101,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--locked"])
         .args(extra)
-        .env("CLOISTER_BIN", target_dir().join("debug/cloister")))
+        .env("CLOISTER_BIN", target_dir().join("debug/cloister")))?;
+    // The browser's e2ee module: built from scratch, size-checked, and exercised in Node.
+    wasm::test()
 }
 
 fn run_server(args: &[String]) -> anyhow::Result<()> {
@@ -121,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Some("run") => run_server(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
+        Some("wasm") => wasm::build().map(|_| ()),
         Some("install-postgres") => ensure_postgres(),
         _ => {
             eprintln!(
@@ -128,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                  \x20 run [FLAGS]       build and start `cloister serve` (embedded database in ./cloister-data)\n\
                  \x20 test [--quick]    install test prerequisites, then fmt, clippy, docs and all tests\n\
                  \x20 bench             account benchmarks (argon2id, logins/s, GET /api/v1/me)\n\
+                 \x20 wasm              build the browser e2ee module (target/wasm/{{web,nodejs}}), check its size\n\
                  \x20 install-postgres  install Debian's PostgreSQL if missing"
             );
             bail!("unknown or missing command")

@@ -59,14 +59,19 @@ fn vectors() -> Vectors {
     serde_json::from_str(include_str!("../../testdata/rfc9605-test-vectors.json")).unwrap()
 }
 
-fn suite(n: u16) -> CipherSuite {
+/// The suites the active backend supports: AES-GCM with ring (native), AES-GCM and AES-CTR-HMAC with RustCrypto
+/// (wasm32).
+fn suite(n: u16) -> Option<CipherSuite> {
     match n {
-        1 => CipherSuite::AesCtr128HmacSha256_80,
-        2 => CipherSuite::AesCtr128HmacSha256_64,
-        3 => CipherSuite::AesCtr128HmacSha256_32,
-        4 => CipherSuite::AesGcm128Sha256,
-        5 => CipherSuite::AesGcm256Sha512,
-        other => panic!("unknown suite {other}"),
+        #[cfg(target_arch = "wasm32")]
+        1 => Some(CipherSuite::AesCtr128HmacSha256_80),
+        #[cfg(target_arch = "wasm32")]
+        2 => Some(CipherSuite::AesCtr128HmacSha256_64),
+        #[cfg(target_arch = "wasm32")]
+        3 => Some(CipherSuite::AesCtr128HmacSha256_32),
+        4 => Some(CipherSuite::AesGcm128Sha256),
+        5 => Some(CipherSuite::AesGcm256Sha512),
+        _ => None,
     }
 }
 
@@ -74,8 +79,11 @@ fn suite(n: u16) -> CipherSuite {
 fn rfc_9605_sframe_vectors_through_our_seal() {
     let v = vectors();
     assert_eq!(v.sframe.len(), 5, "all five suites of RFC 9605 Appendix C");
+    let mut ran = 0;
     for t in v.sframe {
-        let key = EncryptionKey::derive_from(suite(t.cipher_suite), t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
+        let Some(suite) = suite(t.cipher_suite) else { continue };
+        ran += 1;
+        let key = EncryptionKey::derive_from(suite, t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
         let metadata = hex::decode(&t.metadata).unwrap();
         let (wire, used) = seal_frame(&key, t.ctr, &metadata, &hex::decode(&t.pt).unwrap()).unwrap();
         assert_eq!(used, t.ctr);
@@ -83,10 +91,12 @@ fn rfc_9605_sframe_vectors_through_our_seal() {
         expected.extend(hex::decode(&t.ct).unwrap());
         assert_eq!(hex::encode(&wire), hex::encode(&expected), "suite {}", t.cipher_suite);
         // And back.
-        let dec = DecryptionKey::derive_from(suite(t.cipher_suite), t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
+        let dec = DecryptionKey::derive_from(suite, t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
         let view = EncryptedFrameView::try_with_meta_data(&wire[metadata.len()..], &metadata).unwrap();
         assert_eq!(hex::encode(view.decrypt(&dec).unwrap().payload()), t.pt);
     }
+    let expected = if cfg!(target_arch = "wasm32") { 5 } else { 2 };
+    assert_eq!(ran, expected, "every suite the backend supports ran");
 }
 
 #[test]

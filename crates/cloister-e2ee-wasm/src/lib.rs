@@ -1,0 +1,195 @@
+//! The browser's (and Node's) door to `cloister-e2ee`: a thin wasm-bindgen shell, nothing more.
+//!
+//! It exposes exactly what the web client needs: a [`Client`] (identity, KeyPackages, one session group, messages,
+//! frame seal/open, state save/restore) and, for tests and tools, a [`DeliveryServiceKey`] that plays the delivery
+//! service's external-sender role. Complex results cross as JSON strings; bytes as `Uint8Array`; errors as `Error`s
+//! with the Rust message. No logic lives here: every decision is in `cloister-e2ee`.
+
+#![forbid(unsafe_code)]
+
+use cloister_e2ee::group::{
+    external_sender_from_bytes, ClientIdentity, ExternalSenderIdentity, GroupEvent, Provider, SessionGroup,
+};
+use cloister_e2ee::media::Codec;
+use cloister_e2ee::message::AppMessage;
+use wasm_bindgen::prelude::*;
+
+/// Grace period for the previous epoch's media keys.
+const GRACE_MS: i64 = 5_000;
+
+fn js(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn codec(name: &str) -> Result<Codec, JsError> {
+    match name {
+        "vp8" => Ok(Codec::Vp8),
+        "opus" => Ok(Codec::Opus),
+        "opaque" => Ok(Codec::Opaque),
+        other => Err(JsError::new(&format!("unknown codec '{other}' (vp8, opus, opaque)"))),
+    }
+}
+
+/// The delivery service's external-sender key (tests and tools; in production the server holds it).
+#[wasm_bindgen]
+pub struct DeliveryServiceKey(ExternalSenderIdentity);
+
+#[wasm_bindgen]
+impl DeliveryServiceKey {
+    /// A fresh key.
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Result<DeliveryServiceKey, JsError> {
+        ExternalSenderIdentity::generate().map(Self).map_err(js)
+    }
+
+    /// The external sender, for [`Client::create_group`].
+    pub fn external_sender(&self) -> Result<Vec<u8>, JsError> {
+        self.0.external_sender_bytes().map_err(js)
+    }
+
+    /// An Add proposal for a KeyPackage in `epoch` of the group.
+    pub fn propose_add(&self, group_id: &[u8], epoch: u64, key_package: &[u8]) -> Result<Vec<u8>, JsError> {
+        self.0.propose_add(group_id, epoch, key_package).map_err(js)
+    }
+
+    /// A Remove proposal for the member at `leaf`.
+    pub fn propose_remove(&self, group_id: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, JsError> {
+        self.0.propose_remove(group_id, epoch, leaf).map_err(js)
+    }
+}
+
+/// One device in one live session.
+#[wasm_bindgen]
+pub struct Client {
+    provider: Provider,
+    identity: Option<ClientIdentity>,
+    group: Option<SessionGroup>,
+    welcome: Option<Vec<u8>>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// A fresh device identity for a pseudonymous user.
+    #[wasm_bindgen(constructor)]
+    pub fn new(user_id: &str, device_id: &str) -> Result<Client, JsError> {
+        let provider = Provider::default();
+        let identity = ClientIdentity::generate(&provider, user_id, device_id).map_err(js)?;
+        Ok(Self { provider, identity: Some(identity), group: None, welcome: None })
+    }
+
+    fn identity(&self) -> Result<&ClientIdentity, JsError> {
+        self.identity.as_ref().ok_or_else(|| JsError::new("the identity is in use by the group"))
+    }
+
+    fn group(&mut self) -> Result<&mut SessionGroup, JsError> {
+        self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))
+    }
+
+    /// One KeyPackage for the directory.
+    pub fn key_package(&self) -> Result<Vec<u8>, JsError> {
+        let mut kps = self.identity()?.key_packages(&self.provider, 1, false).map_err(js)?;
+        kps.pop().ok_or_else(|| JsError::new("no KeyPackage made"))
+    }
+
+    /// Creates the session's group (the teacher's client).
+    pub fn create_group(&mut self, group_id: &[u8], external_sender: &[u8], now_ms: f64) -> Result<(), JsError> {
+        let ds = external_sender_from_bytes(external_sender).map_err(js)?;
+        let identity = self.identity.take().ok_or_else(|| JsError::new("already in a group"))?;
+        let g =
+            SessionGroup::create(&self.provider, identity, group_id, ds, &[], GRACE_MS, now_ms as i64).map_err(js)?;
+        self.group = Some(g);
+        Ok(())
+    }
+
+    /// Joins from a Welcome (the ratchet tree travels inside it).
+    pub fn join(&mut self, welcome: &[u8], now_ms: f64) -> Result<(), JsError> {
+        let identity = self.identity.take().ok_or_else(|| JsError::new("already in a group"))?;
+        let g = SessionGroup::join(&self.provider, identity, welcome, None, GRACE_MS, now_ms as i64).map_err(js)?;
+        self.group = Some(g);
+        Ok(())
+    }
+
+    /// Processes a message from the delivery service; returns the event as JSON
+    /// (`{"kind":"new_epoch","info":{...}}`, `{"kind":"message","sender_leaf":..,"sender_user":..,"message":{...}}`,
+    /// `{"kind":"proposal_queued"}`, `{"kind":"removed"}`, `{"kind":"own_echo"}`).
+    pub fn process(&mut self, bytes: &[u8], now_ms: f64) -> Result<String, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let ev = g.process(provider, bytes, now_ms as i64).map_err(js)?;
+        let v = match ev {
+            GroupEvent::ProposalQueued => serde_json::json!({"kind": "proposal_queued"}),
+            GroupEvent::NewEpoch(info) => serde_json::json!({"kind": "new_epoch", "info": info}),
+            GroupEvent::Removed => serde_json::json!({"kind": "removed"}),
+            GroupEvent::OwnEcho => serde_json::json!({"kind": "own_echo"}),
+            GroupEvent::Message { sender_leaf, sender_user, message } => serde_json::json!({
+                "kind": "message", "sender_leaf": sender_leaf, "sender_user": sender_user, "message": message
+            }),
+        };
+        Ok(v.to_string())
+    }
+
+    /// Commits the pending proposals (committers only); returns the commit. The Welcome, if any, is then
+    /// available from [`Client::take_welcome`].
+    pub fn commit_pending(&mut self) -> Result<Vec<u8>, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let out = g.commit_pending(provider).map_err(js)?;
+        self.welcome = out.welcome;
+        Ok(out.commit)
+    }
+
+    /// The Welcome of the last commit, once.
+    pub fn take_welcome(&mut self) -> Option<Vec<u8>> {
+        self.welcome.take()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&mut self) -> Result<u64, JsError> {
+        Ok(self.group()?.epoch())
+    }
+
+    /// Roster, safety code and custody record of the current epoch, as JSON.
+    pub fn epoch_info(&mut self) -> Result<String, JsError> {
+        serde_json::to_string(&self.group()?.epoch_info()).map_err(js)
+    }
+
+    /// SHA-256 (hex) of the current epoch's SFrame base key: equal on every member, reveals nothing.
+    pub fn base_key_digest(&mut self) -> Result<String, JsError> {
+        let g = self.group()?;
+        let epoch = g.epoch();
+        g.media().base_key_digest(epoch).ok_or_else(|| JsError::new("no base key for the epoch"))
+    }
+
+    /// Encrypts an application message (a JSON `AppMessage` such as `{"type":"chat","text":"hi"}`).
+    pub fn send(&mut self, message_json: &str) -> Result<Vec<u8>, JsError> {
+        let message: AppMessage = serde_json::from_str(message_json).map_err(js)?;
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        g.send(provider, &message).map_err(js)
+    }
+
+    /// Seals a media frame of stream `context` (`codec`: vp8, opus or opaque).
+    pub fn seal(&mut self, context: u32, codec_name: &str, frame: &[u8]) -> Result<Vec<u8>, JsError> {
+        let c = codec(codec_name)?;
+        self.group()?.media().seal(u64::from(context), c, frame).map_err(js)
+    }
+
+    /// Opens a media frame from any member.
+    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Vec<u8>, JsError> {
+        let c = codec(codec_name)?;
+        self.group()?.media().open(c, wire, now_ms as i64).map(|o| o.frame).map_err(js)
+    }
+
+    /// The whole client state (secret: keep it in client storage only).
+    pub fn save(&mut self) -> Result<Vec<u8>, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_ref().ok_or_else(|| JsError::new("not in a group yet"))?;
+        g.to_state(provider).map_err(js)
+    }
+
+    /// Restores a client from [`Client::save`].
+    pub fn restore(state: &[u8]) -> Result<Client, JsError> {
+        let (provider, group) = SessionGroup::from_state(state).map_err(js)?;
+        Ok(Self { provider, identity: None, group: Some(group), welcome: None })
+    }
+}
