@@ -150,10 +150,9 @@ pub(crate) fn seal_frame(
     let mut counter = MonotonicCounter::with_start_value(ctr, Counter::MAX - 1);
     let media = MediaFrameView::try_with_meta_data(&mut counter, &payload, &metadata)
         .map_err(|_| MediaError::CounterExhausted)?;
-    let encrypted = media.encrypt(key).map_err(|_| MediaError::Library)?;
-    let mut out = Vec::with_capacity(metadata.len() + encrypted.sframe_cipher_text().len());
-    out.extend_from_slice(metadata);
-    out.extend_from_slice(encrypted.sframe_cipher_text());
+    // encrypt_into lays the frame out as metadata || SFrame header || ciphertext || tag: our wire form, in one buffer.
+    let mut out = Vec::new();
+    media.encrypt_into(key, &mut out).map_err(|_| MediaError::Library)?;
     Ok((out, media.counter()))
 }
 
@@ -317,16 +316,22 @@ impl MediaKeyring {
                     .map_err(|_| MediaError::Library)?,
             ),
         };
-        let media = view.validated_decrypt(&*key, &mut self.replay).map_err(|e| {
-            if e.source_as::<ReplayAttackProtectionError>().is_some() {
-                MediaError::Replay
-            } else {
-                MediaError::Authentication
-            }
-        })?;
-        let mut frame = Vec::with_capacity(prefix_len + media.payload().len());
-        frame.extend_from_slice(prefix);
-        frame.extend_from_slice(media.payload());
+        // decrypt_into leaves metadata || plaintext in the buffer: the frame as its sender's encoder made it.
+        let mut frame = Vec::new();
+        let payload_len = view
+            .validated_decrypt_into(&*key, &mut frame, &mut self.replay)
+            .map_err(|e| {
+                if e.source_as::<ReplayAttackProtectionError>().is_some() {
+                    MediaError::Replay
+                } else {
+                    MediaError::Authentication
+                }
+            })?
+            .payload()
+            .len();
+        if frame.len() != prefix_len + payload_len {
+            return Err(MediaError::Library);
+        }
         Ok(OpenedFrame { sender_leaf, epoch, context, frame })
     }
 
