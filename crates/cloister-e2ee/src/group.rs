@@ -192,29 +192,24 @@ impl ExternalSenderIdentity {
         let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else { return Err(GroupError::Malformed) };
         let provider = Provider::default();
         let kp = kp_in.validate(provider.crypto(), ProtocolVersion::Mls10).map_err(refused)?;
-        let out = ExternalProposal::new_add::<Provider>(
-            kp,
-            GroupId::from_slice(group_id),
-            GroupEpoch::from(epoch),
-            &self.signer,
-            SenderExtensionIndex::new(0),
-        )
-        .map_err(refused)?;
-        out.tls_serialize_detached().map_err(refused)
+        let (gid, epoch) = (GroupId::from_slice(group_id), GroupEpoch::from(epoch));
+        encode(ExternalProposal::new_add::<Provider>(kp, gid, epoch, &self.signer, ds_sender_index()))
     }
 
     /// A Remove proposal for the member at `leaf`.
     pub fn propose_remove(&self, group_id: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, GroupError> {
-        let out = ExternalProposal::new_remove::<Provider>(
-            LeafNodeIndex::new(leaf),
-            GroupId::from_slice(group_id),
-            GroupEpoch::from(epoch),
-            &self.signer,
-            SenderExtensionIndex::new(0),
-        )
-        .map_err(refused)?;
-        out.tls_serialize_detached().map_err(refused)
+        let (gid, epoch, leaf) = (GroupId::from_slice(group_id), GroupEpoch::from(epoch), LeafNodeIndex::new(leaf));
+        encode(ExternalProposal::new_remove::<Provider>(leaf, gid, epoch, &self.signer, ds_sender_index()))
     }
+}
+
+/// The delivery service's place in every group's external_senders extension: the first and only one.
+fn ds_sender_index() -> SenderExtensionIndex {
+    SenderExtensionIndex::new(0)
+}
+
+fn encode<E: std::fmt::Debug>(out: Result<MlsMessageOut, E>) -> Result<Vec<u8>, GroupError> {
+    out.map_err(refused)?.tls_serialize_detached().map_err(refused)
 }
 
 /// Parses an external sender from [`ExternalSenderIdentity::external_sender_bytes`].
@@ -503,12 +498,12 @@ impl SessionGroup {
         let is_committer = |leaf: &LeafNodeIndex| self.user_at(*leaf).is_some_and(|u| roles.contains(&u));
         match proposal {
             Proposal::Add(_) => match sender {
-                Sender::External(i) if *i == SenderExtensionIndex::new(0) => Ok(()),
+                Sender::External(i) if *i == ds_sender_index() => Ok(()),
                 Sender::Member(leaf) if is_committer(leaf) => Ok(()),
                 _ => Err(GroupError::Unauthorized("Add proposals come only from the delivery service or a committer")),
             },
             Proposal::Remove(r) => match sender {
-                Sender::External(i) if *i == SenderExtensionIndex::new(0) => Ok(()),
+                Sender::External(i) if *i == ds_sender_index() => Ok(()),
                 Sender::Member(leaf) if is_committer(leaf) || *leaf == r.removed() => Ok(()),
                 _ => Err(GroupError::Unauthorized(
                     "Remove proposals come only from the delivery service, a committer, or the leaving member",
