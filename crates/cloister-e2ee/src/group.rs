@@ -52,9 +52,6 @@ pub enum GroupError {
     /// An application message that does not decode.
     #[error(transparent)]
     Message(#[from] MessageError),
-    /// This member was removed from the group.
-    #[error("this member is no longer in the group")]
-    NotMember,
     /// A Remove of this member is pending: it cannot commit (it is leaving the group).
     #[error("a removal of this member is pending")]
     BeingRemoved,

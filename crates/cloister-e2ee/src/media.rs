@@ -93,7 +93,7 @@ impl Codec {
     }
 }
 
-/// What a frame is on the wire: the clear prefix, then the SFrame header and ciphertext.
+/// A frame that opened: who sent it, in which epoch and stream, and the bytes its encoder produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenedFrame {
     /// The sender's leaf index, from the authenticated KID.

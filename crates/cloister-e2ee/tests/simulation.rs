@@ -94,6 +94,7 @@ fn run(seed: u64, students: usize) {
     let mut leaving: Vec<usize> = Vec::new();
     let mut epochs_seen = 0;
     let mut rounds = 0;
+    let mut chats_checked = 0;
 
     while (!waiting.is_empty() || rounds < 8) && rounds < 40 {
         rounds += 1;
@@ -117,13 +118,17 @@ fn run(seed: u64, students: usize) {
             let leaf = members[i].group.as_ref().unwrap().own_leaf();
             orderer.submit(&ds.propose_remove(b"sim", orderer.epoch, leaf).unwrap()).unwrap();
         }
-        // Some chat in the current epoch.
+        // Some chat in the current epoch: every member at that moment except the sender must receive it once, in
+        // this round's deliveries (removed members read it before the commit that removes them; joiners start after).
         let mut messages = 0;
-        if let Some(i) = (0..students).find(|i| members[*i].active() && members[*i].cursor == orderer.log.len()) {
+        let receivers = (0..students).filter(|i| members[*i].active()).count();
+        let mut chat_sent = false;
+        if let Some(i) = (0..students).find(|i| members[*i].active()) {
             let m = &mut members[i];
             let bytes =
                 m.group.as_mut().unwrap().send(&m.provider, &AppMessage::Chat { text: format!("r{rounds}") }).unwrap();
             orderer.submit(&bytes).unwrap();
+            chat_sent = true;
         }
 
         // 2. Delivery with drops: the teacher always catches up; a student misses this delivery with p = 0.2.
@@ -199,6 +204,13 @@ fn run(seed: u64, students: usize) {
         for m in members.iter_mut() {
             m.catch_up(&orderer.log, now, &mut messages);
         }
+        if chat_sent {
+            chats_checked += 1;
+            // `receivers` counted the students active before the send; with the teacher and without the sender.
+            assert_eq!(messages, receivers, "seed {seed} round {rounds}: the chat reached every member exactly once");
+        } else {
+            assert_eq!(messages, 0);
+        }
 
         leaving.retain(|i| !members[*i].removed);
 
@@ -250,6 +262,11 @@ fn run(seed: u64, students: usize) {
     }
     assert!(waiting.is_empty(), "seed {seed}: everyone joined within {rounds} rounds");
     assert!(epochs_seen >= 1);
+    // Rounds before the first student joins have nobody to chat; every later round checks delivery.
+    assert!(
+        chats_checked > 0 && 2 * chats_checked >= rounds,
+        "seed {seed}: chat checked in {chats_checked} of {rounds} rounds"
+    );
 }
 
 fn vp8(n: usize) -> Vec<u8> {

@@ -37,14 +37,14 @@ fn argon2_figures() -> (f64, f64) {
 struct Server {
     child: std::process::Child,
     base: String,
-    _dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -82,7 +82,7 @@ fn start_server() -> anyhow::Result<Server> {
             _ => bail!("cloister exited before listening"),
         }
     };
-    Ok(Server { child, base, _dir: dir })
+    Ok(Server { child, base, dir })
 }
 
 async fn load<F, Fut>(concurrency: usize, duration: Duration, make: F) -> (Vec<f64>, usize, f64)
