@@ -9,11 +9,11 @@
 //! A codec's clear prefix (the bytes a packetizer must read) stays in clear in front of the SFrame ciphertext and is
 //! authenticated as SFrame metadata, so changing it makes [`MediaKeyring::open`] fail.
 
+mod cipher;
+
+use cipher::{KidKey, ReplayWindow, TAG_LEN};
 use serde::{Deserialize, Serialize};
-use sframe::frame::validation::{ReplayAttackProtectionError, ReplayAttackProtectionStore, Tolerance};
-use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
-use sframe::header::{Counter, KeyId};
-use sframe::key::{DecryptionKey, EncryptionKey};
+use sframe::header::{Counter, KeyId, SframeHeader};
 use sframe::mls::{MlsKeyId, MlsKeyIdBitRange};
 use sframe::CipherSuite;
 use std::collections::HashMap;
@@ -106,6 +106,17 @@ pub struct OpenedFrame {
     pub frame: Vec<u8>,
 }
 
+/// Who sent a frame opened in place, in which epoch and stream (all from its authenticated KID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSource {
+    /// The sender's leaf index.
+    pub sender_leaf: u32,
+    /// The full epoch the frame was sealed in.
+    pub epoch: u64,
+    /// The sender's context (stream) number.
+    pub context: u64,
+}
+
 /// Why a frame could not be sealed or opened.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -139,21 +150,36 @@ pub enum MediaError {
     Library,
 }
 
-/// Seals `payload` with counter `ctr`, authenticating `metadata`; returns `(metadata || SFrame header || ciphertext,
-/// the counter used)`.
-pub(crate) fn seal_frame(
-    key: &EncryptionKey,
-    ctr: Counter,
-    metadata: &[u8],
-    payload: &[u8],
-) -> Result<(Vec<u8>, Counter), MediaError> {
-    let mut counter = MonotonicCounter::with_start_value(ctr, Counter::MAX - 1);
-    let media = MediaFrameView::try_with_meta_data(&mut counter, &payload, &metadata)
-        .map_err(|_| MediaError::CounterExhausted)?;
-    // encrypt_into lays the frame out as metadata || SFrame header || ciphertext || tag: our wire form, in one buffer.
-    let mut out = Vec::new();
-    media.encrypt_into(key, &mut out).map_err(|_| MediaError::Library)?;
-    Ok((out, media.counter()))
+/// The longest clear prefix any [`Codec`] has (VP8 key frames).
+const MAX_PREFIX: usize = 10;
+/// The longest SFrame header: config byte, 8 KID bytes, 8 counter bytes.
+const MAX_HEADER: usize = 17;
+
+/// A `HashMap` hasher for KIDs: one multiply (Fibonacci hashing). KIDs are only inserted after a frame under them
+/// authenticated, so only group members choose them.
+#[derive(Default, Clone, Copy)]
+struct KidHasher(u64);
+
+impl std::hash::Hasher for KidHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type KidMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<KidHasher>>;
+
+/// A sender's key as seen by a receiver: its key and its replay window.
+struct ReceiveState {
+    key: KidKey,
+    replay: ReplayWindow,
 }
 
 struct EpochKeys {
@@ -161,8 +187,16 @@ struct EpochKeys {
     base_key: Zeroizing<[u8; BASE_KEY_LEN]>,
     /// When a newer epoch replaced this one (ms); `None` while current.
     retired_at_ms: Option<i64>,
-    decryption: HashMap<KeyId, DecryptionKey>,
-    encryption: HashMap<KeyId, EncryptionKey>,
+    receive: KidMap<ReceiveState>,
+}
+
+/// One of this member's own streams in the send epoch: its KID, key and next counter.
+struct SendSlot {
+    epoch: u64,
+    context: u64,
+    kid: KeyId,
+    key: KidKey,
+    next: Counter,
 }
 
 /// A member's media keys: sealing its own frames, opening everyone's. Sans-IO: time is a parameter.
@@ -172,9 +206,10 @@ pub struct MediaKeyring {
     grace_ms: i64,
     epochs: Vec<EpochKeys>,
     send_epoch: Option<u64>,
-    /// Next counter per KID this member sends with; persisted so counters never repeat.
+    /// Next counter per KID this member sends with, for KIDs not in `send`; persisted so counters never repeat.
     next_counter: HashMap<KeyId, Counter>,
-    replay: ReplayAttackProtectionStore,
+    /// The streams being sent in the send epoch (a handful: camera, microphone, screen).
+    send: Vec<SendSlot>,
 }
 
 impl std::fmt::Debug for MediaKeyring {
@@ -208,12 +243,13 @@ impl MediaKeyring {
             epochs: Vec::new(),
             send_epoch: None,
             next_counter: HashMap::new(),
-            replay: ReplayAttackProtectionStore::new(Tolerance::new(REPLAY_TOLERANCE)),
+            send: Vec::new(),
         }
     }
 
     /// The member's own leaf index (changes only if the member leaves and rejoins).
     pub fn set_own_leaf(&mut self, leaf: u32) {
+        self.flush_send_slots();
         self.own_leaf = leaf;
     }
 
@@ -230,8 +266,7 @@ impl MediaKeyring {
             epoch,
             base_key: Zeroizing::new(*base_key),
             retired_at_ms: None,
-            decryption: HashMap::new(),
-            encryption: HashMap::new(),
+            receive: KidMap::default(),
         });
         self.prune(now_ms);
     }
@@ -240,6 +275,9 @@ impl MediaKeyring {
     pub fn confirm_send_epoch(&mut self, epoch: u64) -> Result<(), MediaError> {
         if !self.epochs.iter().any(|e| e.epoch == epoch) {
             return Err(MediaError::UnknownEpoch);
+        }
+        if self.send_epoch != Some(epoch) {
+            self.flush_send_slots();
         }
         self.send_epoch = Some(epoch);
         Ok(())
@@ -269,75 +307,117 @@ impl MediaKeyring {
         self.epochs.retain(|e| Some(e.epoch) == send || e.retired_at_ms.is_none_or(|t| now_ms - t <= grace));
     }
 
-    /// Seals one frame of this member's stream `context`.
-    pub fn seal(&mut self, context: u64, codec: Codec, frame: &[u8]) -> Result<Vec<u8>, MediaError> {
+    /// Moves the send slots' counters back into `next_counter` and drops the slots.
+    fn flush_send_slots(&mut self) {
+        for slot in self.send.drain(..) {
+            self.next_counter.insert(slot.kid, slot.next);
+        }
+    }
+
+    /// The send slot for `context` in the send epoch, made on first use.
+    fn send_slot(&mut self, context: u64) -> Result<&mut SendSlot, MediaError> {
         let epoch = self.send_epoch.ok_or(MediaError::NoSendEpoch)?;
-        let kid = self.layout.kid(context, self.own_leaf, epoch)?;
-        let prefix_len = codec.clear_prefix_len(frame)?;
-        let keys = self.epochs.iter_mut().find(|e| e.epoch == epoch).ok_or(MediaError::UnknownEpoch)?;
-        let key = match keys.encryption.entry(kid) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                EncryptionKey::derive_from(SFRAME_SUITE, kid, keys.base_key.as_slice())
-                    .map_err(|_| MediaError::Library)?,
-            ),
+        let found = self.send.iter().position(|s| s.epoch == epoch && s.context == context);
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let kid = self.layout.kid(context, self.own_leaf, epoch)?;
+                let keys = self.epochs.iter().find(|e| e.epoch == epoch).ok_or(MediaError::UnknownEpoch)?;
+                let key = KidKey::derive(keys.base_key.as_slice(), kid)?;
+                let next = self.next_counter.remove(&kid).unwrap_or(0);
+                self.send.push(SendSlot { epoch, context, kid, key, next });
+                self.send.len() - 1
+            }
         };
-        let next = self.next_counter.entry(kid).or_insert(0);
-        if *next == Counter::MAX {
+        self.send.get_mut(at).ok_or(MediaError::Library)
+    }
+
+    /// Seals one frame of this member's stream `context`: `clear prefix || SFrame header || ciphertext || tag`, with
+    /// `header || clear prefix` as the AEAD's associated data (RFC 9605 §4.4.3, the prefix as metadata).
+    pub fn seal(&mut self, context: u64, codec: Codec, frame: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let prefix_len = codec.clear_prefix_len(frame)?;
+        let slot = self.send_slot(context)?;
+        let counter = slot.next;
+        if counter == Counter::MAX {
             return Err(MediaError::CounterExhausted);
         }
+        let header = SframeHeader::new(slot.kid, counter);
+        let header_len = header.len();
         let (prefix, payload) = frame.split_at(prefix_len);
-        let (out, used) = seal_frame(key, *next, prefix, payload)?;
-        *next = used + 1;
+        let mut out = Vec::with_capacity(prefix_len + header_len + payload.len() + TAG_LEN);
+        out.extend_from_slice(prefix);
+        out.resize(prefix_len + header_len, 0);
+        header.serialize(&mut out[prefix_len..]).map_err(|_| MediaError::Library)?;
+        let mut aad = [0u8; MAX_HEADER + MAX_PREFIX];
+        let aad = associated_data(&mut aad, &out[prefix_len..], prefix)?;
+        out.extend_from_slice(payload);
+        let tag = slot.key.seal_in_place(counter, aad, &mut out[prefix_len + header_len..])?;
+        out.extend_from_slice(&tag);
+        slot.next = counter + 1;
         Ok(out)
     }
 
-    /// Opens a frame from any member. `now_ms` retires epochs past their grace period first.
+    /// Opens a frame from any member into a new buffer. `now_ms` retires epochs past their grace period first.
     pub fn open(&mut self, codec: Codec, wire: &[u8], now_ms: i64) -> Result<OpenedFrame, MediaError> {
+        let mut frame = wire.to_vec();
+        let FrameSource { sender_leaf, epoch, context } = self.open_in_place(codec, &mut frame, now_ms)?;
+        Ok(OpenedFrame { sender_leaf, epoch, context, frame })
+    }
+
+    /// Opens a frame in its own buffer: on success `buf` holds the frame as its sender's encoder made it (clear prefix
+    /// and plaintext; decryption writes the plaintext over the header in one pass, no copy). On failure the content
+    /// of `buf` is unspecified. `now_ms` retires epochs past their grace period first.
+    pub fn open_in_place(&mut self, codec: Codec, buf: &mut Vec<u8>, now_ms: i64) -> Result<FrameSource, MediaError> {
         self.prune(now_ms);
-        let prefix_len = codec.clear_prefix_len(wire)?;
-        let (prefix, sframe_bytes) = wire.split_at(prefix_len);
+        let prefix_len = codec.clear_prefix_len(buf)?;
+        let (prefix, sframe_bytes) = buf.split_at(prefix_len);
         if sframe_bytes.is_empty() {
             return Err(MediaError::FrameTooShort);
         }
-        let view =
-            EncryptedFrameView::try_with_meta_data(&sframe_bytes, &prefix).map_err(|_| MediaError::MalformedHeader)?;
-        let kid = view.header().key_id();
+        let header = SframeHeader::deserialize(sframe_bytes).map_err(|_| MediaError::MalformedHeader)?;
+        let header_len = header.len();
+        if sframe_bytes.len() < header_len + TAG_LEN {
+            return Err(MediaError::FrameTooShort);
+        }
+        let (kid, counter) = (header.key_id(), header.counter());
         let (context, sender_leaf, epoch_low) = self.layout.split(kid)?;
         let mask = (1u64 << self.layout.epoch_bits) - 1;
         // Newest matching epoch first.
         let keys =
             self.epochs.iter_mut().rev().find(|e| e.epoch & mask == epoch_low).ok_or(MediaError::UnknownEpoch)?;
         let epoch = keys.epoch;
-        let key = match keys.decryption.entry(kid) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                DecryptionKey::derive_from(SFRAME_SUITE, kid, keys.base_key.as_slice())
-                    .map_err(|_| MediaError::Library)?,
-            ),
-        };
-        // decrypt_into leaves metadata || plaintext in the buffer: the frame as its sender's encoder made it.
-        let mut frame = Vec::new();
-        let payload_len = view
-            .validated_decrypt_into(&*key, &mut frame, &mut self.replay)
-            .map_err(|e| {
-                if e.source_as::<ReplayAttackProtectionError>().is_some() {
-                    MediaError::Replay
-                } else {
-                    MediaError::Authentication
+        let mut aad = [0u8; MAX_HEADER + MAX_PREFIX];
+        let aad = associated_data(&mut aad, &sframe_bytes[..header_len], prefix)?;
+        let body = &mut buf[prefix_len..];
+        let plain_len = match keys.receive.get_mut(&kid) {
+            Some(state) => {
+                if !state.replay.admits(counter) {
+                    return Err(MediaError::Replay);
                 }
-            })?
-            .payload()
-            .len();
-        if frame.len() != prefix_len + payload_len {
-            return Err(MediaError::Library);
-        }
-        Ok(OpenedFrame { sender_leaf, epoch, context, frame })
+                let n = state.key.open_within(counter, aad, body, header_len)?;
+                state.replay.mark(counter);
+                n
+            }
+            None => {
+                // A KID is remembered only once a frame under it authenticated: forged KIDs cost a derivation and
+                // leave nothing behind.
+                let key = KidKey::derive(keys.base_key.as_slice(), kid)?;
+                let n = key.open_within(counter, aad, body, header_len)?;
+                let mut replay = ReplayWindow::default();
+                replay.mark(counter);
+                keys.receive.insert(kid, ReceiveState { key, replay });
+                n
+            }
+        };
+        buf.truncate(prefix_len + plain_len);
+        Ok(FrameSource { sender_leaf, epoch, context })
     }
 
     /// The persistent state (for a reloaded tab). Replay windows are not kept: after a restore, frames seen before
     /// it could be accepted once more, which a reload's gap makes harmless (they are old media).
     pub fn to_state(&self) -> MediaKeyringState {
+        let mut next_counter: Vec<(KeyId, Counter)> = self.next_counter.iter().map(|(k, v)| (*k, *v)).collect();
+        next_counter.extend(self.send.iter().map(|s| (s.kid, s.next)));
         MediaKeyringState {
             layout: self.layout,
             own_leaf: self.own_leaf,
@@ -348,7 +428,7 @@ impl MediaKeyring {
                 .map(|e| (e.epoch, Zeroizing::new(e.base_key.to_vec()), e.retired_at_ms))
                 .collect(),
             send_epoch: self.send_epoch,
-            next_counter: self.next_counter.iter().map(|(k, v)| (*k, *v)).collect(),
+            next_counter,
         }
     }
 
@@ -361,14 +441,27 @@ impl MediaKeyring {
                 epoch,
                 base_key: Zeroizing::new(key),
                 retired_at_ms: retired,
-                decryption: HashMap::new(),
-                encryption: HashMap::new(),
+                receive: KidMap::default(),
             });
         }
         ring.send_epoch = state.send_epoch;
         ring.next_counter = state.next_counter.into_iter().collect();
         Ok(ring)
     }
+}
+
+/// `header || metadata` in `buf` (RFC 9605 §4.4.3).
+fn associated_data<'a>(
+    buf: &'a mut [u8; MAX_HEADER + MAX_PREFIX],
+    header: &[u8],
+    prefix: &[u8],
+) -> Result<&'a [u8], MediaError> {
+    let len = header.len() + prefix.len();
+    let out = buf.get_mut(..len).ok_or(MediaError::Library)?;
+    let (h, p) = out.split_at_mut(header.len());
+    h.copy_from_slice(header);
+    p.copy_from_slice(prefix);
+    Ok(out)
 }
 
 #[cfg(test)]

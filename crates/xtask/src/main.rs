@@ -3,9 +3,11 @@
 //! - `cargo xtask run [SERVE FLAGS]`: build and start `cloister serve` on the embedded database.
 //! - `cargo xtask test`: install test prerequisites (PostgreSQL), then fmt, clippy, docs and every test.
 //! - `cargo xtask wasm`: build the browser's e2ee module (wasm-bindgen, size budget).
+//! - `cargo xtask fuzz [--seconds N] [TARGET ...]`: the e2ee core's fuzz targets (cargo-fuzz), N seconds each.
 //! - `cargo xtask bench`: account benchmarks (argon2id, logins/s, `GET /api/v1/me` latency); see BENCHMARKS.md.
 
 mod bench;
+mod fuzz;
 mod wasm;
 
 use anyhow::{bail, Context as _};
@@ -103,7 +105,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .args(extra)
         .env("CLOISTER_BIN", target_dir().join("debug/cloister")))?;
     // The browser's e2ee module: built from scratch, size-checked, and exercised in Node.
-    wasm::test()
+    wasm::test()?;
+    // The parsers of untrusted bytes, fuzzed briefly on every run (longer by hand: `cargo xtask fuzz --seconds 600`).
+    if !quick {
+        fuzz::main(&["--seconds".to_owned(), "30".to_owned()])?;
+    }
+    Ok(())
 }
 
 fn run_server(args: &[String]) -> anyhow::Result<()> {
@@ -126,6 +133,7 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::main(&args[1..]),
         Some("wasm") => wasm::build().map(|_| ()),
+        Some("fuzz") => fuzz::main(&args[1..]),
         Some("install-postgres") => ensure_postgres(),
         _ => {
             eprintln!(
@@ -133,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                  \x20 run [FLAGS]       build and start `cloister serve` (embedded database in ./cloister-data)\n\
                  \x20 test [--quick]    install test prerequisites, then fmt, clippy, docs and all tests\n\
                  \x20 bench             account benchmarks (argon2id, logins/s, GET /api/v1/me)\n\
+                 \x20 fuzz [--seconds N] [TARGET..]  run the e2ee fuzz targets N seconds each (default 30)
                  \x20 wasm              build the browser e2ee module (target/wasm/{{web,nodejs}}), check its size\n\
                  \x20 install-postgres  install Debian's PostgreSQL if missing"
             );

@@ -59,8 +59,6 @@ fn vectors() -> Vectors {
     serde_json::from_str(include_str!("../../testdata/rfc9605-test-vectors.json")).unwrap()
 }
 
-/// The suites the active backend supports: AES-GCM with ring (native), AES-GCM and AES-CTR-HMAC with RustCrypto
-/// (wasm32).
 fn suite(n: u16) -> Option<CipherSuite> {
     match n {
         #[cfg(target_arch = "wasm32")]
@@ -75,8 +73,12 @@ fn suite(n: u16) -> Option<CipherSuite> {
     }
 }
 
+/// The suites the active backend of the `sframe` crate supports: AES-GCM with ring (native), AES-GCM and
+/// AES-CTR-HMAC with RustCrypto (wasm32).
 #[test]
-fn rfc_9605_sframe_vectors_through_our_seal() {
+fn rfc_9605_sframe_vectors_hold_for_the_sframe_crate() {
+    use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
+    use sframe::key::{DecryptionKey, EncryptionKey};
     let v = vectors();
     assert_eq!(v.sframe.len(), 5, "all five suites of RFC 9605 Appendix C");
     let mut ran = 0;
@@ -85,18 +87,68 @@ fn rfc_9605_sframe_vectors_through_our_seal() {
         ran += 1;
         let key = EncryptionKey::derive_from(suite, t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
         let metadata = hex::decode(&t.metadata).unwrap();
-        let (wire, used) = seal_frame(&key, t.ctr, &metadata, &hex::decode(&t.pt).unwrap()).unwrap();
-        assert_eq!(used, t.ctr);
+        let pt = hex::decode(&t.pt).unwrap();
+        let mut counter = MonotonicCounter::with_start_value(t.ctr, u64::MAX - 1);
+        let media = MediaFrameView::try_with_meta_data(&mut counter, &pt, &metadata).unwrap();
+        let mut wire = Vec::new();
+        media.encrypt_into(&key, &mut wire).unwrap();
         let mut expected = metadata.clone();
         expected.extend(hex::decode(&t.ct).unwrap());
         assert_eq!(hex::encode(&wire), hex::encode(&expected), "suite {}", t.cipher_suite);
-        // And back.
         let dec = DecryptionKey::derive_from(suite, t.kid, hex::decode(&t.base_key).unwrap()).unwrap();
         let view = EncryptedFrameView::try_with_meta_data(&wire[metadata.len()..], &metadata).unwrap();
         assert_eq!(hex::encode(view.decrypt(&dec).unwrap().payload()), t.pt);
     }
     let expected = if cfg!(target_arch = "wasm32") { 5 } else { 2 };
     assert_eq!(ran, expected, "every suite the backend supports ran");
+}
+
+/// Our keyring against the `sframe` crate as a peer: frames we seal open there, frames it seals open here, for every
+/// codec, several KIDs and counters, and sizes from empty to 64 KB.
+#[test]
+fn the_sframe_crate_opens_our_frames_and_we_open_its() {
+    use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
+    use sframe::key::{DecryptionKey, EncryptionKey};
+    let base = [0x5a; 16];
+    let layout = KidLayout::default();
+    for (leaf, epoch, context) in [(0u32, 1u64, 0u64), (17, 22, 1), (65_535, 15, 3), (3, 1_000_003, 2)] {
+        let kid = layout.kid(context, leaf, epoch).unwrap();
+        let mut ours = MediaKeyring::new(layout, leaf, GRACE);
+        ours.install_epoch(epoch, &base, 0);
+        ours.confirm_send_epoch(epoch).unwrap();
+        let mut peer_counter = MonotonicCounter::with_start_value(1_000, u64::MAX - 1);
+        let enc = EncryptionKey::derive_from(SFRAME_SUITE, kid, base).unwrap();
+        let dec = DecryptionKey::derive_from(SFRAME_SUITE, kid, base).unwrap();
+        for (i, size) in [0usize, 1, 3, 10, 11, 160, 1200, 16 * 1024, 64 * 1024].into_iter().enumerate() {
+            for codec in [Codec::Vp8, Codec::Opus, Codec::Opaque] {
+                let len = match codec {
+                    Codec::Vp8 => size.max(10),
+                    Codec::Opus => size.max(1),
+                    Codec::Opaque => size,
+                };
+                let mut frame: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+                if let Some(b) = frame.first_mut() {
+                    *b &= 0xfe; // a VP8 key frame: 10 clear bytes
+                }
+                let n = codec.clear_prefix_len(&frame).unwrap();
+                let (prefix, payload) = frame.split_at(n);
+                // Ours -> the crate.
+                let wire = ours.seal(context, codec, &frame).unwrap();
+                let view = EncryptedFrameView::try_with_meta_data(&wire[n..], prefix).unwrap();
+                assert_eq!(view.header().key_id(), kid);
+                assert_eq!(view.decrypt(&dec).unwrap().payload(), payload, "{codec:?} {size}");
+                // The crate -> ours.
+                let media = MediaFrameView::try_with_meta_data(&mut peer_counter, &payload, &prefix).unwrap();
+                let mut theirs = Vec::new();
+                media.encrypt_into(&enc, &mut theirs).unwrap();
+                let mut rx = MediaKeyring::new(layout, 9, GRACE);
+                rx.install_epoch(epoch, &base, 0);
+                let opened = rx.open(codec, &theirs, 1).unwrap();
+                assert_eq!((opened.frame.as_slice(), opened.sender_leaf, opened.epoch), (&frame[..], leaf, epoch));
+                assert_eq!(opened.context, context);
+            }
+        }
+    }
 }
 
 #[test]
