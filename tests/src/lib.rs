@@ -167,6 +167,57 @@ impl Server {
         self.spawn();
     }
 
+    /// Runs `cloister ARGS --data-dir DIR [--database-url URL]` (an operator command against this server's data) and
+    /// returns its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(cloister_bin());
+        cmd.args(args).arg("--data-dir").arg(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        cmd.env_remove("CLOISTER_PEPPER").stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops the server (SIGTERM, clean exit asserted) without starting it again.
+    pub fn shut_down(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+        self.logs_before = self.logs();
+    }
+
+    /// Starts a stopped server again on the same data; `Err(logs)` when it exits before listening.
+    pub fn try_start(&mut self) -> Result<(), String> {
+        let stdout = std::fs::File::create(&self.stdout_path).unwrap();
+        let stderr = std::fs::File::create(&self.stderr_path).unwrap();
+        let mut cmd = Command::new(cloister_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--plain-http", "--data-dir"]).arg(&self.data_dir);
+        cmd.args(&self.extra);
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let mut child =
+            cmd.env_remove("CLOISTER_PEPPER").stdout(stdout).stderr(stderr).stdin(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
+            if let Some(line) = out.lines().find(|l| l.starts_with("listening on ")) {
+                self.base = line.trim_start_matches("listening on ").trim().to_owned();
+                self.child = Some(child);
+                return Ok(());
+            }
+            if child.try_wait().unwrap().is_some() {
+                return Err(self.logs());
+            }
+            assert!(Instant::now() < deadline, "cloister did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// An HTTP client for this server.
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
@@ -214,4 +265,33 @@ pub fn files_containing(dir: &Path, needles: &[String]) -> Vec<(PathBuf, String)
 /// Whether `haystack`, ASCII-lower-cased, contains `needle` lower-cased.
 pub fn contains_ci(haystack: &str, needle: &str) -> bool {
     haystack.to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+}
+
+/// Runs `$body` with `$pool` bound to a fresh connection pool on the server's database (SQLite file or
+/// PostgreSQL), closing it afterwards. The calling test crate needs `sqlx` as a dependency.
+#[macro_export]
+macro_rules! with_db {
+    ($server:expr, $pool:ident => $body:expr) => {{
+        match &$server.database_url {
+            None => {
+                let url = format!("sqlite://{}", $server.data_dir.join("cloister.sqlite3").display());
+                let owned = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let out = {
+                    let $pool = &owned;
+                    $body
+                };
+                owned.close().await;
+                out
+            }
+            Some(url) => {
+                let owned = sqlx::PgPool::connect(url).await.unwrap();
+                let out = {
+                    let $pool = &owned;
+                    $body
+                };
+                owned.close().await;
+                out
+            }
+        }
+    }};
 }

@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod retention;
+
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
     Validator,
@@ -21,6 +23,16 @@ use std::str::FromStr;
 pub const POLICY_FILE: &str = "authz.cedar";
 /// The schema file.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// The retention file's name in the policy directory.
+pub const RETENTION_FILE: &str = "retention.toml";
+
+/// The policy files compiled in: `(name, text)`.
+pub const EMBEDDED: [(&str, &str); 3] = [
+    (POLICY_FILE, include_str!("../../../policy/authz.cedar")),
+    (SCHEMA_FILE, include_str!("../../../policy/schema.cedarschema")),
+    (RETENTION_FILE, include_str!("../../../policy/retention.toml")),
+];
 
 /// Why policies cannot be loaded or a request cannot be evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +55,9 @@ pub enum PolicyError {
     /// The policies do not validate against the schema in strict mode.
     #[error("policies fail strict validation against the schema: {0}")]
     Validation(String),
+    /// retention.toml is malformed.
+    #[error("retention policy: {0}")]
+    Retention(String),
     /// A request or its entities do not fit the schema (a bug in the caller: the server builds them).
     #[error("authorization request does not fit the schema: {0}")]
     Request(String),
@@ -278,6 +293,7 @@ fn course_entities(c: &CourseFacts, out: &mut Vec<Value>) {
 
 /// Loaded, validated policies.
 pub struct Policy {
+    retention: retention::RetentionPolicy,
     policies: PolicySet,
     schema: Schema,
     authorizer: Authorizer,
@@ -300,7 +316,20 @@ impl Policy {
                 .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })
         };
         let mut policy = Self::from_sources(&read(POLICY_FILE)?, &read(SCHEMA_FILE)?)?;
+        policy.retention = retention::RetentionPolicy::parse(&read(RETENTION_FILE)?)?;
         policy.digests = digests(dir)?;
+        Ok(policy)
+    }
+
+    /// The policy files compiled into the binary: what runs when no policy directory is configured. The digests
+    /// cover the same files as in the repository's `policy/` (`authz.cedar`, `schema.cedarschema`, `retention.toml`).
+    pub fn embedded() -> Result<Self, PolicyError> {
+        let mut policy = Self::from_sources(EMBEDDED[0].1, EMBEDDED[1].1)?;
+        policy.retention = retention::RetentionPolicy::parse(EMBEDDED[2].1)?;
+        let mut digests: Vec<(String, String)> =
+            EMBEDDED.iter().map(|(n, t)| ((*n).to_owned(), hex::encode(Sha256::digest(t.as_bytes())))).collect();
+        digests.sort();
+        policy.digests = digests;
         Ok(policy)
     }
 
@@ -323,7 +352,13 @@ impl Policy {
                 .collect();
             return Err(PolicyError::Validation(all.join("; ")));
         }
-        Ok(Self { policies, schema, authorizer: Authorizer::new(), digests: Vec::new() })
+        let retention = retention::RetentionPolicy { classes: Vec::new(), automated: Vec::new() };
+        Ok(Self { retention, policies, schema, authorizer: Authorizer::new(), digests: Vec::new() })
+    }
+
+    /// The retention policy (empty when built with [`Policy::from_sources`]).
+    pub fn retention(&self) -> &retention::RetentionPolicy {
+        &self.retention
     }
 
     /// `(path relative to the policy dir, hex SHA-256)` of every policy file, sorted by path.
@@ -484,6 +519,17 @@ mod tests {
         for a in Action::ALL {
             assert_eq!(Action::from_name(a.as_str()), Some(a));
         }
+    }
+
+    #[test]
+    fn the_embedded_files_are_the_repository_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policy");
+        let loaded = Policy::load(&dir).unwrap();
+        let embedded = Policy::embedded().unwrap();
+        for (name, hash) in embedded.digests() {
+            assert!(loaded.digests().contains(&(name.clone(), hash.clone())), "{name} differs from policy/{name}");
+        }
+        assert_eq!(embedded.digests().len(), 3);
     }
 
     #[test]

@@ -1,18 +1,30 @@
 //! The HTTP API: routes, the JSON extractor, authentication, and the one error type every handler returns.
 
+use crate::audit::{AuditError, AuditLog};
 use crate::metrics::{self, Metrics};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self as mw, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use cloister_accounts::{AccountError, Accounts, Authenticated, UnixTime};
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::OutOfRange => Self::new(ErrorCode::NotFound, "no such entry or tree size in the audit log"),
+            AuditError::Store(e) => Self::internal(&e),
+        }
+    }
+}
+use cloister_audit::AuditEvent;
+use cloister_policy::{Action, Policy, Principal, Resource};
 use cloister_wire::{
-    AccountCreated, Credentials, ErrorBody, ErrorCode, ErrorDetail, Health, Me, RecoverRequest, Recovered,
-    SessionCreated,
+    AccountCreated, AuditCheckpoint, AuditEntries, AuditEntryOut, AuditProof, Credentials, ErrorBody, ErrorCode,
+    ErrorDetail, Health, Me, RecoverRequest, Recovered, SessionCreated,
 };
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,7 +54,54 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wall clock.
     pub clock: Clock,
+    /// Authorization policies (Cedar).
+    pub policy: Arc<Policy>,
+    /// The tamper-evident audit log.
+    pub audit: Arc<AuditLog>,
+    /// The database (roles; domain services hold their own stores).
+    pub db: cloister_store::Database,
 }
+
+impl AppState {
+    /// Now, in milliseconds (audit entries).
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)().0.saturating_mul(1000)
+    }
+
+    /// The principal for a caller: anonymous, or a user with their platform roles.
+    pub async fn principal(&self, auth: Option<&Authenticated>) -> Result<Principal, ApiError> {
+        let Some(auth) = auth else { return Ok(Principal::Anonymous) };
+        let id = auth.user_id.to_string();
+        let reviewer = self.db.has_platform_role(&id, REVIEWER_ROLE).await.map_err(|e| ApiError::internal(&e))?;
+        Ok(Principal::User { id, reviewer })
+    }
+
+    /// Asks the policy; a denial is recorded in the audit log and answered 403 `forbidden`.
+    pub async fn authorize(
+        &self,
+        auth: Option<&Authenticated>,
+        action: Action,
+        resource: &Resource,
+    ) -> Result<(), ApiError> {
+        let principal = self.principal(auth).await?;
+        match self.policy.authorize(&principal, action, resource) {
+            Ok(d) if d.allowed => Ok(()),
+            Ok(d) => {
+                let (principal, action, resource) = d.request;
+                self.audit.record_or_log(AuditEvent::AuthzDenied { principal, action, resource }, self.now_ms()).await;
+                Err(ApiError::new(ErrorCode::Forbidden, "the authorization policy does not allow this"))
+            }
+            Err(e) => {
+                // The server built a request the schema refuses: a bug. Deny, and say so in the log.
+                tracing::error!(error = %e, "authorization request does not fit the schema");
+                Err(ApiError::new(ErrorCode::Forbidden, "the authorization policy does not allow this"))
+            }
+        }
+    }
+}
+
+/// The platform role name of compliance reviewers.
+pub const REVIEWER_ROLE: &str = "reviewer";
 
 /// The peer address of the connection, inserted by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +292,7 @@ async fn sign_up(
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
     let (user_id, code) = state.accounts.sign_up(&creds, ip, (state.clock)()).await?;
+    state.audit.record_or_log(AuditEvent::AccountCreated { user: user_id.to_string() }, state.now_ms()).await;
     Ok((
         StatusCode::CREATED,
         Json(AccountCreated { user_id: user_id.to_string(), recovery_code: code.as_str().to_owned() }),
@@ -244,7 +304,15 @@ async fn log_in(
     ClientIp(ip): ClientIp,
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
-    let (token, expires_at) = state.accounts.log_in(&creds, ip, (state.clock)()).await?;
+    let (token, expires_at) = match state.accounts.log_in(&creds, ip, (state.clock)()).await {
+        Ok(x) => x,
+        Err(e) => {
+            if matches!(e, AccountError::RateLimited { .. }) {
+                state.audit.count_throttled_sign_in();
+            }
+            return Err(e.into());
+        }
+    };
     Ok((
         StatusCode::CREATED,
         Json(SessionCreated { token: token.to_text().to_string(), expires_at: expires_at.to_rfc3339() }),
@@ -271,6 +339,7 @@ async fn export(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<
 
 async fn erase(State(state): State<AppState>, Auth(auth): Auth) -> Result<StatusCode, ApiError> {
     state.accounts.erase(&auth, (state.clock)()).await?;
+    state.audit.record_or_log(AuditEvent::AccountErased { user: auth.user_id.to_string() }, state.now_ms()).await;
     tracing::info!("an account was erased");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -282,6 +351,127 @@ async fn recover(
 ) -> Result<Json<Recovered>, ApiError> {
     let (user_id, code) = state.accounts.recover(&req, ip, (state.clock)()).await?;
     Ok(Json(Recovered { user_id: user_id.to_string(), recovery_code: code.as_str().to_owned() }))
+}
+
+/// A caller who may or may not be signed in: a missing token is anonymous, a bad one is still an error.
+pub struct MaybeAuth(pub Option<Authenticated>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if parts.headers.get(header::AUTHORIZATION).is_none() {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(Auth::from_request_parts(parts, state).await?.0)))
+    }
+}
+
+/// Largest page of audit entries.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    seq: u64,
+    tree_size: u64,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    first: u64,
+    second: u64,
+}
+
+/// Query strings with the same error shape as bodies.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Self(q)),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidRequest, format!("bad query string: {}", e.body_text()))),
+        }
+    }
+}
+
+fn hex32(h: &[u8; 32]) -> String {
+    hex::encode(h)
+}
+
+async fn audit_checkpoint(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<AuditCheckpoint>, ApiError> {
+    state.authorize(Some(&auth), Action::AuditRead, &Resource::AuditLog).await?;
+    let signed = state.audit.checkpoint(state.now_ms()).await?;
+    let cp = cloister_audit::Checkpoint::parse(&signed.note).map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(AuditCheckpoint {
+        note: signed.note,
+        signature: signed.signature,
+        public_key: hex::encode(state.audit.public_key()),
+        tree_size: cp.tree_size,
+        root: hex32(&cp.root),
+    }))
+}
+
+async fn audit_entries(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiQuery(q): ApiQuery<EntriesQuery>,
+) -> Result<Json<AuditEntries>, ApiError> {
+    state.authorize(Some(&auth), Action::AuditRead, &Resource::AuditLog).await?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_AUDIT_PAGE {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("limit must be 1..={MAX_AUDIT_PAGE}")));
+    }
+    let (rows, tree_size) = state.audit.entries(q.from, limit).await?;
+    let entries = rows
+        .into_iter()
+        .map(|(seq, bytes)| {
+            String::from_utf8(bytes).map(|entry| AuditEntryOut { seq, entry }).map_err(|e| ApiError::internal(&e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(AuditEntries { entries, tree_size }))
+}
+
+async fn audit_inclusion(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> Result<Json<AuditProof>, ApiError> {
+    state.authorize(Some(&auth), Action::AuditRead, &Resource::AuditLog).await?;
+    let (leaf, path, root) = state.audit.inclusion(q.seq, q.tree_size).await?;
+    Ok(Json(AuditProof {
+        proof: path.iter().map(hex32).collect(),
+        tree_size: q.tree_size,
+        root: hex32(&root),
+        leaf_hash: Some(hex32(&leaf)),
+        first: None,
+    }))
+}
+
+async fn audit_consistency(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<AuditProof>, ApiError> {
+    state.authorize(Some(&auth), Action::AuditRead, &Resource::AuditLog).await?;
+    let (proof, first_root, root) = state.audit.consistency(q.first, q.second).await?;
+    Ok(Json(AuditProof {
+        proof: proof.iter().map(hex32).collect(),
+        tree_size: q.second,
+        root: hex32(&root),
+        leaf_hash: None,
+        first: Some((q.first, hex32(&first_root))),
+    }))
 }
 
 async fn not_found() -> ApiError {
@@ -308,17 +498,46 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(ErrorCode::Internal, "internal server error").into_response()
 }
 
+/// Every route: `(METHOD, path template, handler)`. The router is built from this table and the OpenAPI document
+/// (`openapi.json`) must describe exactly these pairs (a test holds them together).
+fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/metrics", get(metrics_text)),
+        ("GET", "/api/v1/openapi.json", get(openapi)),
+        ("POST", "/api/v1/accounts", post(sign_up)),
+        ("POST", "/api/v1/accounts/recover", post(recover)),
+        ("POST", "/api/v1/sessions", post(log_in)),
+        ("DELETE", "/api/v1/sessions/current", delete(log_out)),
+        ("GET", "/api/v1/me", get(me)),
+        ("DELETE", "/api/v1/me", delete(erase)),
+        ("GET", "/api/v1/me/export", get(export)),
+        ("GET", "/api/v1/audit/checkpoint", get(audit_checkpoint)),
+        ("GET", "/api/v1/audit/entries", get(audit_entries)),
+        ("GET", "/api/v1/audit/proof/inclusion", get(audit_inclusion)),
+        ("GET", "/api/v1/audit/proof/consistency", get(audit_consistency)),
+    ]
+}
+
+/// `(METHOD, path template)` of every route the router serves.
+pub fn route_list() -> Vec<(&'static str, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The OpenAPI document describing [`route_list`].
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/v1/accounts", post(sign_up))
-        .route("/api/v1/accounts/recover", post(recover))
-        .route("/api/v1/sessions", post(log_in))
-        .route("/api/v1/sessions/current", delete(log_out))
-        .route("/api/v1/me", get(me).delete(erase))
-        .route("/api/v1/me/export", get(export))
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(mw::from_fn(protective_headers))

@@ -21,6 +21,79 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Check the audit log and print proofs (reads the same configuration as `serve`).
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Run the retention engine by hand (reads the same configuration as `serve`).
+    Retention {
+        /// What to do.
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Operator tasks (reads the same configuration as `serve`).
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+/// `cloister audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every entry and every signed checkpoint; prints INTACT or BROKEN with the reason (exit 1 when broken).
+    Verify(Box<ServeArgs>),
+    /// Print entry SEQ with its inclusion proof against the latest signed checkpoint, as JSON.
+    Proof(Box<ProofArgs>),
+}
+
+/// `cloister audit proof` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ProofArgs {
+    /// The entry's sequence number (0-based).
+    pub seq: u64,
+    /// Where the log is.
+    #[command(flatten)]
+    pub common: ServeArgs,
+}
+
+/// `cloister retention ...`
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Delete what policy/retention.toml makes due now and print it, one line per class (with --dry-run, only print
+    /// what would go, and write nothing).
+    Run(Box<RetentionArgs>),
+}
+
+/// `cloister retention run` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// List what is due without deleting or writing audit entries.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where the database is.
+    #[command(flatten)]
+    pub common: ServeArgs,
+}
+
+/// `cloister admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Give an account the compliance reviewer role (recorded in the audit log).
+    GrantReviewer(Box<GrantArgs>),
+}
+
+/// `cloister admin grant-reviewer` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct GrantArgs {
+    /// The account's user id (as `GET /api/v1/me` shows it).
+    pub user_id: String,
+    /// Where the database is.
+    #[command(flatten)]
+    pub common: ServeArgs,
 }
 
 /// `cloister serve` flags. Each can also come from the environment (`CLOISTER_*`) or the TOML file.
@@ -54,12 +127,27 @@ pub struct ServeArgs {
     /// Session lifetime in seconds (default 43200 = 12 h).
     #[arg(long, env = "CLOISTER_SESSION_TTL_SECS")]
     pub session_ttl_secs: Option<i64>,
-    /// Seconds between purges of expired sessions (default 60).
-    #[arg(long, env = "CLOISTER_PURGE_INTERVAL_SECS")]
-    pub purge_interval_secs: Option<u64>,
+    /// Seconds between retention runs (expired sessions, old erasure records; default 3600). Each run writes one
+    /// audit entry per automated class. Expired tokens are refused at once whether or not their row is gone.
+    #[arg(long, env = "CLOISTER_RETENTION_INTERVAL_SECS", alias = "purge-interval-secs")]
+    pub retention_interval_secs: Option<u64>,
     /// Log format: "text" (default) or "json".
     #[arg(long, env = "CLOISTER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Directory with authz.cedar, schema.cedarschema and retention.toml. Default: the copies built into the binary
+    /// (the repository's policy/ at build time).
+    #[arg(long, env = "CLOISTER_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// The audit log's Ed25519 signing key (PKCS#8). Default DATA_DIR/audit-signing.key, created with mode 0600.
+    /// Keep it apart from database backups: with it, a changed history could be re-signed.
+    #[arg(long, env = "CLOISTER_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+    /// The audit log's name in its signed checkpoints (default "cloister").
+    #[arg(long, env = "CLOISTER_AUDIT_ORIGIN")]
+    pub audit_origin: Option<String>,
+    /// Seconds between signed audit checkpoints when there are new entries (default 60).
+    #[arg(long, env = "CLOISTER_AUDIT_CHECKPOINT_SECS")]
+    pub audit_checkpoint_secs: Option<u64>,
 }
 
 /// The TOML file's shape.
@@ -73,8 +161,13 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     pepper_file: Option<PathBuf>,
-    purge_interval_secs: Option<u64>,
+    #[serde(alias = "purge_interval_secs")]
+    retention_interval_secs: Option<u64>,
     log_format: Option<String>,
+    policy_dir: Option<PathBuf>,
+    audit_key_file: Option<PathBuf>,
+    audit_origin: Option<String>,
+    audit_checkpoint_secs: Option<u64>,
     #[serde(default)]
     accounts: Option<AccountsConfig>,
 }
@@ -110,10 +203,18 @@ pub struct Config {
     pub pepper_file: PathBuf,
     /// Account settings.
     pub accounts: AccountsConfig,
-    /// Seconds between purges.
-    pub purge_interval_secs: u64,
+    /// Seconds between retention runs.
+    pub retention_interval_secs: u64,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// Policy directory, or `None` for the built-in policy files.
+    pub policy_dir: Option<PathBuf>,
+    /// Audit signing key file.
+    pub audit_key_file: PathBuf,
+    /// Audit log origin.
+    pub audit_origin: String,
+    /// Seconds between audit checkpoints.
+    pub audit_checkpoint_secs: u64,
 }
 
 impl Config {
@@ -149,16 +250,40 @@ impl Config {
             accounts.session_ttl_secs = ttl;
         }
         accounts.check().context("invalid [accounts] settings")?;
-        let purge_interval_secs = args.purge_interval_secs.or(file.purge_interval_secs).unwrap_or(60);
-        if purge_interval_secs == 0 {
-            bail!("purge interval must be at least 1 second");
+        let retention_interval_secs = args.retention_interval_secs.or(file.retention_interval_secs).unwrap_or(3600);
+        if retention_interval_secs == 0 {
+            bail!("retention interval must be at least 1 second");
         }
         let log_json = match args.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => bail!("unknown log format '{other}' (text or json)"),
         };
-        Ok(Self { listen, data_dir, database_url, tls, pepper_file, accounts, purge_interval_secs, log_json })
+        let policy_dir = args.policy_dir.clone().or(file.policy_dir);
+        let audit_key_file =
+            args.audit_key_file.clone().or(file.audit_key_file).unwrap_or_else(|| data_dir.join("audit-signing.key"));
+        let audit_origin = args.audit_origin.clone().or(file.audit_origin).unwrap_or_else(|| "cloister".to_owned());
+        if audit_origin.is_empty() || audit_origin.chars().any(char::is_control) {
+            bail!("audit origin must be non-empty text without control characters");
+        }
+        let audit_checkpoint_secs = args.audit_checkpoint_secs.or(file.audit_checkpoint_secs).unwrap_or(60);
+        if audit_checkpoint_secs == 0 {
+            bail!("audit checkpoint interval must be at least 1 second");
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            tls,
+            pepper_file,
+            accounts,
+            retention_interval_secs,
+            log_json,
+            policy_dir,
+            audit_key_file,
+            audit_origin,
+            audit_checkpoint_secs,
+        })
     }
 }
 
@@ -174,6 +299,14 @@ mod tests {
         assert_eq!(c.tls, TlsMode::SelfSigned);
         assert_eq!(c.pepper_file, PathBuf::from("cloister-data/pepper.key"));
         assert_eq!(c.accounts.session_ttl_secs, 43200);
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cloister.example.toml");
+        let c = Config::resolve(&ServeArgs { config: Some(path), ..ServeArgs::default() }).unwrap();
+        assert_eq!((c.retention_interval_secs, c.audit_origin.as_str()), (3600, "cloister.example.org"));
+        assert_eq!(c.audit_key_file, PathBuf::from("cloister-data/audit-signing.key"));
     }
 
     #[test]

@@ -9,8 +9,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod pepper;
+pub mod retention;
 pub mod serve;
 pub mod tls;

@@ -85,12 +85,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot open the database")?;
     tracing::info!(backend = ?db.backend(), "database ready, migrations applied");
 
+    let policy = match &config.policy_dir {
+        Some(dir) => cloister_policy::Policy::load(dir)
+            .with_context(|| format!("cannot load the authorization policy from {}", dir.display()))?,
+        None => cloister_policy::Policy::embedded().context("the built-in authorization policy does not load")?,
+    };
+    let (signer, key_created) = crate::audit::load_or_create_key(&config.audit_key_file)?;
+    if key_created {
+        tracing::info!(path = %config.audit_key_file.display(), "created a new audit signing key (mode 0600); back it up apart from the database");
+    }
+    let audit = crate::audit::AuditLog::open(db.clone(), signer, config.audit_origin.clone()).await?;
+    tracing::info!(public_key = %hex::encode(audit.public_key()), origin = audit.origin(), "audit log verified and open");
+    let now_ms = api::system_clock()().0.saturating_mul(1000);
+    audit
+        .record(cloister_audit::AuditEvent::PolicyLoaded { files: policy.digests().to_vec() }, now_ms)
+        .await
+        .context("cannot write the policy-loaded audit entry")?;
+    let audit = Arc::new(audit);
+
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let offload = Arc::new(TokioOffload::new(cores * 2));
     let accounts = Accounts::new(db.account_store(), emails, config.accounts.clone(), offload)
         .context("invalid account settings")?;
-    let state =
-        AppState { accounts: Arc::new(accounts), metrics: Arc::new(Metrics::default()), clock: api::system_clock() };
+    let state = AppState {
+        accounts: Arc::new(accounts),
+        metrics: Arc::new(Metrics::default()),
+        clock: api::system_clock(),
+        policy: Arc::new(policy),
+        audit: audit.clone(),
+        db: db.clone(),
+    };
     let app = api::router(state.clone());
 
     let tls = match &config.tls {
@@ -112,10 +136,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%local, tls = tls.is_some(), "serving");
 
-    // Background job: purge expired sessions.
+    // Background job: the retention engine (expired sessions, old erasure records, ...), one audit entry per class
+    // per run.
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let purge_state = state.clone();
-    let interval = Duration::from_secs(config.purge_interval_secs);
+    let retention_state = state.clone();
+    let interval = Duration::from_secs(config.retention_interval_secs);
     let purge = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,17 +149,45 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 _ = tick.tick() => {}
                 _ = stop_rx.changed() => break,
             }
-            match purge_state.accounts.purge_expired((purge_state.clock)()).await {
-                Ok(n) => {
-                    purge_state.metrics.sessions_purged.fetch_add(n, Ordering::Relaxed);
-                    if n > 0 {
-                        tracing::info!(count = n, "purged expired sessions");
+            let s = &retention_state;
+            match crate::retention::run(s.policy.retention(), &s.db, Some(&s.audit), (s.clock)().0, false).await {
+                Ok(reports) => {
+                    for r in reports.iter().filter(|r| r.count > 0) {
+                        if r.class == "session" {
+                            s.metrics.sessions_purged.fetch_add(r.count, Ordering::Relaxed);
+                        }
+                        tracing::info!(policy = %r.policy_id, class = %r.class, count = r.count, "retention run deleted rows");
                     }
                 }
                 Err(e) => {
-                    purge_state.metrics.purge_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "session purge failed");
+                    s.metrics.purge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "retention run failed");
                 }
+            }
+        }
+    });
+
+    // Background job: sign audit checkpoints and flush the throttled-sign-in count.
+    let mut audit_stop = stop_tx.subscribe();
+    let audit_state = state.clone();
+    let audit_interval = Duration::from_secs(config.audit_checkpoint_secs);
+    let audit_job = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(audit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = audit_stop.changed() => true,
+            };
+            let now = audit_state.now_ms();
+            if let Err(e) = audit_state.audit.flush_throttled(now).await {
+                tracing::warn!(error = %e, "could not record throttled sign-ins");
+            }
+            if let Err(e) = audit_state.audit.checkpoint(now).await {
+                tracing::warn!(error = %e, "could not sign an audit checkpoint");
+            }
+            if stopping {
+                break;
             }
         }
     });
@@ -187,6 +240,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = purge.await;
+    // The audit job signs a last checkpoint as it stops.
+    let _ = audit_job.await;
     db.close().await;
     tracing::info!("shutdown complete; database closed");
     // stdout may be a closed pipe by now (the parent stopped reading): never panic over a status line.

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use cloister_accounts::{Accounts, AccountsConfig, EmailHasher, MemoryStore, UnixTime};
+use cloister_accounts::{Accounts, AccountsConfig, EmailHasher, UnixTime};
 use cloister_server::api::{router, AppState};
 use cloister_server::metrics::Metrics;
 use cloister_server::serve::TokioOffload;
@@ -20,13 +20,18 @@ struct Harness {
     app: axum::Router,
     now: Arc<AtomicI64>,
     state: AppState,
+    _dir: tempfile::TempDir,
 }
 
-fn harness() -> Harness {
+async fn harness() -> Harness {
     let now = Arc::new(AtomicI64::new(1_800_000_000));
     let clock_now = now.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let db = cloister_store::Database::open_sqlite(dir.path()).await.unwrap();
+    let (signer, _) = cloister_server::audit::load_or_create_key(&dir.path().join("audit.key")).unwrap();
+    let audit = cloister_server::audit::AuditLog::open(db.clone(), signer, "test".into()).await.unwrap();
     let accounts = Accounts::new(
-        Arc::new(MemoryStore::new()),
+        db.account_store(),
         EmailHasher::from_pepper_text(PEPPER).unwrap(),
         AccountsConfig::default(),
         Arc::new(TokioOffload::new(4)),
@@ -36,8 +41,11 @@ fn harness() -> Harness {
         accounts: Arc::new(accounts),
         metrics: Arc::new(Metrics::default()),
         clock: Arc::new(move || UnixTime(clock_now.load(Ordering::SeqCst))),
+        policy: Arc::new(cloister_policy::Policy::embedded().unwrap()),
+        audit: Arc::new(audit),
+        db,
     };
-    Harness { app: router(state.clone()), now, state }
+    Harness { app: router(state.clone()), now, state, _dir: dir }
 }
 
 struct Reply {
@@ -102,7 +110,7 @@ fn assert_error(r: &Reply, status: u16, code: &str) {
 
 #[tokio::test]
 async fn account_lifecycle() {
-    let h = harness();
+    let h = harness().await;
     let r = h
         .call(
             Method::POST,
@@ -172,7 +180,7 @@ async fn account_lifecycle() {
 
 #[tokio::test]
 async fn erasure_is_final() {
-    let h = harness();
+    let h = harness().await;
     let token = h.sign_up_and_log_in("bo@example.org", "password-bo").await;
     let second = h
         .call(
@@ -203,7 +211,7 @@ async fn erasure_is_final() {
 
 #[tokio::test]
 async fn login_does_not_reveal_whether_an_email_exists() {
-    let h = harness();
+    let h = harness().await;
     h.sign_up_and_log_in("cy@example.org", "password-cy").await;
     let wrong = h
         .call(
@@ -229,7 +237,7 @@ async fn login_does_not_reveal_whether_an_email_exists() {
 
 #[tokio::test]
 async fn sign_up_of_a_taken_email_is_409() {
-    let h = harness();
+    let h = harness().await;
     h.sign_up_and_log_in("di@example.org", "password-di").await;
     let r = h
         .call(
@@ -244,7 +252,7 @@ async fn sign_up_of_a_taken_email_is_409() {
 
 #[tokio::test]
 async fn expired_and_malformed_tokens_are_refused() {
-    let h = harness();
+    let h = harness().await;
     let token = h.sign_up_and_log_in("ed@example.org", "password-ed").await;
     assert_eq!(h.call(Method::GET, "/api/v1/me", Some(&token), None).await.status, StatusCode::OK);
     h.now.fetch_add(12 * 3600, Ordering::SeqCst);
@@ -267,7 +275,7 @@ async fn expired_and_malformed_tokens_are_refused() {
 
 #[tokio::test]
 async fn purge_job_deletes_expired_sessions() {
-    let h = harness();
+    let h = harness().await;
     h.sign_up_and_log_in("fay@example.org", "password-fa").await;
     h.sign_up_and_log_in("gus@example.org", "password-gu").await;
     h.now.fetch_add(12 * 3600 + 1, Ordering::SeqCst);
@@ -276,7 +284,7 @@ async fn purge_job_deletes_expired_sessions() {
 
 #[tokio::test]
 async fn bad_input_gets_stable_codes() {
-    let h = harness();
+    let h = harness().await;
     let token = h.sign_up_and_log_in("hal@example.org", "password-ha").await;
     let post = |body: &'static [u8]| h.raw_post("/api/v1/accounts", Some("application/json"), body.to_vec());
 
@@ -346,7 +354,7 @@ async fn bad_input_gets_stable_codes() {
 
 #[tokio::test]
 async fn login_floods_get_429_with_retry_after() {
-    let h = harness();
+    let h = harness().await;
     h.sign_up_and_log_in("ida@example.org", "password-id").await;
     let mut limited = None;
     for _ in 0..40 {
@@ -366,6 +374,30 @@ async fn login_floods_get_429_with_retry_after() {
     }
     let r = limited.expect("throttle engages");
     assert_error(&r, 429, "rate_limited");
+    // Throttled attempts are counted, then written as one audit entry per interval (not one per attempt).
+    for _ in 0..3 {
+        let again = h
+            .call(
+                Method::POST,
+                "/api/v1/sessions",
+                None,
+                Some(json!({"email": "ida@example.org", "password": "x-x-x-x-x"})),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    h.state.audit.flush_throttled(1).await.unwrap();
+    let (entries, _) = h.state.audit.entries(0, 1000).await.unwrap();
+    let throttled: Vec<String> = entries
+        .iter()
+        .map(|(_, e)| String::from_utf8(e.clone()).unwrap())
+        .filter(|e| e.contains("sign_in_throttled"))
+        .collect();
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    assert!(throttled[0].contains(r#""count":4"#), "{}", throttled[0]);
+    assert!(!throttled[0].contains("ida@"), "no email in the audit log");
+    h.state.audit.flush_throttled(2).await.unwrap();
+    assert_eq!(h.state.audit.entries(0, 1000).await.unwrap().0.len(), entries.len(), "nothing to flush: no entry");
     let retry: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
     assert!(retry >= 1);
     // After waiting, attempts are allowed again.
@@ -383,7 +415,7 @@ async fn login_floods_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn metrics_use_route_templates_only() {
-    let h = harness();
+    let h = harness().await;
     let canary = cloister_testkit::canary("cnry");
     let email = format!("{canary}@example.org");
     h.sign_up_and_log_in(&email, &format!("pw-{canary}")).await;
@@ -400,7 +432,7 @@ async fn metrics_use_route_templates_only() {
 
 #[tokio::test]
 async fn sign_up_floods_from_one_address_get_429() {
-    let h = harness();
+    let h = harness().await;
     let mut limited = None;
     for i in 0..30 {
         let r = h
@@ -421,4 +453,50 @@ async fn sign_up_floods_from_one_address_get_429() {
     assert_eq!(i, 10, "burst of 10 sign-ups per address");
     assert_error(&r, 429, "rate_limited");
     assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_routes() {
+    let h = harness().await;
+    let served = h.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(served.status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(cloister_server::api::OPENAPI).unwrap();
+    assert_eq!(served.body, doc);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.push((method.to_uppercase(), path.clone()));
+            assert!(op["summary"].is_string(), "{method} {path} has a summary");
+            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has responses");
+            // Every schema a response or body names exists.
+            for r in op.to_string().split("#/components/schemas/").skip(1) {
+                let name = r.split('"').next().unwrap();
+                assert!(doc["components"]["schemas"][name].is_object(), "{method} {path}: schema {name} is defined");
+            }
+        }
+    }
+    let mut routed: Vec<(String, String)> =
+        cloister_server::api::route_list().into_iter().map(|(m, p)| (m.to_owned(), p.to_owned())).collect();
+    documented.sort();
+    routed.sort();
+    assert_eq!(documented, routed, "openapi.json and the router disagree");
+    // And every documented route is really served (not the 404 fallback, not 405).
+    for (method, path) in &routed {
+        let r = h.call(Method::from_bytes(method.as_bytes()).unwrap(), path, None, None).await;
+        assert!(
+            r.status != StatusCode::NOT_FOUND && r.status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+    // The error codes the document lists are real codes.
+    let codes: Vec<&str> = cloister_wire::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    for word in cloister_server::api::OPENAPI.split(|c: char| !(c.is_ascii_lowercase() || c == '_')) {
+        if word.contains('_')
+            && (word.ends_with("_token") || word.starts_with("invalid_") || word.ends_with("_limited"))
+        {
+            assert!(codes.contains(&word), "{word} is not an ErrorCode");
+        }
+    }
 }

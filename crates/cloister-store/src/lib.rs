@@ -11,6 +11,10 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod audit;
+mod retention;
+
+pub use audit::StoredCheckpoint;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};

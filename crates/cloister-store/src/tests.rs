@@ -143,8 +143,16 @@ struct Retention {
     class: BTreeMap<String, toml::Value>,
 }
 
-const DATA_CLASSES: &[&str] =
-    &["pseudonymous_id", "keyed_hash", "password_hash", "secret_hash", "ciphertext", "operational_metadata", "public"];
+const DATA_CLASSES: &[&str] = &[
+    "pseudonymous_id",
+    "keyed_hash",
+    "password_hash",
+    "secret_hash",
+    "ciphertext",
+    "operational_metadata",
+    "audit_metadata",
+    "public",
+];
 
 fn repo_file(rel: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);

@@ -216,7 +216,9 @@ pub enum ErrorCode {
     InvalidToken,
     /// 429: too many attempts; see `Retry-After`.
     RateLimited,
-    /// 404: no such route.
+    /// 403: signed in, but the authorization policy does not allow this action on this resource.
+    Forbidden,
+    /// 404: no such route or resource.
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
@@ -240,6 +242,7 @@ impl ErrorCode {
         Self::MissingToken,
         Self::InvalidToken,
         Self::RateLimited,
+        Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Unavailable,
@@ -260,6 +263,7 @@ impl ErrorCode {
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
@@ -277,6 +281,7 @@ impl ErrorCode {
             Self::EmailTaken => 409,
             Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => 401,
             Self::RateLimited => 429,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Unavailable => 503,
@@ -289,6 +294,56 @@ impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// `GET /api/v1/audit/checkpoint`: the latest signed checkpoint and the key to check it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The signed note: `cloister audit log v1 <origin>`, tree size, base64 root, time in ms, one per line.
+    pub note: String,
+    /// Base64 Ed25519 signature over `note`.
+    pub signature: String,
+    /// The log's Ed25519 public key, hex.
+    pub public_key: String,
+    /// Entries covered (also in the note).
+    pub tree_size: u64,
+    /// Root hash, hex (also in the note, base64).
+    pub root: String,
+}
+
+/// One audit entry as stored: `entry` is the exact UTF-8 JSON text whose bytes are the Merkle leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryOut {
+    /// Position (leaf index).
+    pub seq: u64,
+    /// The stored JSON text (hash `0x00 || entry` for the leaf).
+    pub entry: String,
+}
+
+/// `GET /api/v1/audit/entries`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntries {
+    /// Entries in order.
+    pub entries: Vec<AuditEntryOut>,
+    /// Entries in the log now.
+    pub tree_size: u64,
+}
+
+/// `GET /api/v1/audit/proof/inclusion` and `.../consistency`: a Merkle proof (RFC 9162 §2.1.3, §2.1.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditProof {
+    /// Hashes, hex, in the RFC's order.
+    pub proof: Vec<String>,
+    /// Tree size the proof leads to.
+    pub tree_size: u64,
+    /// Root of that tree, hex.
+    pub root: String,
+    /// For inclusion proofs: the leaf hash, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_hash: Option<String>,
+    /// For consistency proofs: the earlier tree size and its root, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<(u64, String)>,
 }
 
 #[cfg(test)]
