@@ -29,3 +29,45 @@ pub use token::{RecoveryCode, SessionToken, TokenHash, UserId};
 
 #[cfg(test)]
 mod tests;
+
+/// Defines a random 128-bit id type written as 32 lower-case hex digits (`random`, `parse`, `as_str`, `Display`);
+/// used for user ids here and for org, course, session and seat-pack ids in `cloister-courses`.
+#[macro_export]
+macro_rules! random_hex_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A fresh random id (128 bits, 32 lower-case hex digits).
+            pub fn random() -> Self {
+                let mut b = [0u8; 16];
+                $crate::__private::RngCore::fill_bytes(&mut $crate::__private::OsRng, &mut b);
+                Self($crate::__private::hex::encode(b))
+            }
+            /// Parses a stored or received id; `None` unless it is 32 lower-case hex digits.
+            pub fn parse(s: &str) -> Option<Self> {
+                (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                    .then(|| Self(s.to_owned()))
+            }
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use hex;
+    pub use rand::rngs::OsRng;
+    pub use rand::RngCore;
+}

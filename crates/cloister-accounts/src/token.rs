@@ -5,33 +5,10 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// A pseudonymous user id: 128 random bits, written as 32 lower-case hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(String);
-
-impl UserId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        let mut b = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        Self(hex::encode(b))
-    }
-    /// Parses a stored or received id; `None` unless it is 32 lower-case hex digits.
-    pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
-    }
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::random_hex_id!(
+    /// A pseudonymous user id: 128 random bits, written as 32 lower-case hex digits.
+    UserId
+);
 
 /// SHA-256 of a session token or recovery code: what the database keeps instead of the secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -53,7 +53,11 @@ fn add_batch(
     let out = t.commit_pending(&teacher.provider).unwrap();
     // The DS accepts the commit and fans it out; the committer sees it come back.
     match t.process(&teacher.provider, &out.commit, now).unwrap() {
-        GroupEvent::NewEpoch(info) => assert_eq!(info.epoch, epoch + 1),
+        GroupEvent::NewEpoch(info) => {
+            assert_eq!(info.epoch, epoch + 1);
+            // The cached roster an epoch change builds equals a fresh one.
+            assert_eq!(info, t.epoch_info());
+        }
         other => panic!("{other:?}"),
     }
     for m in existing.iter_mut() {
@@ -92,6 +96,11 @@ fn a_class_joins_in_one_batch_and_agrees() {
     assert_eq!(info.roster.len(), 4);
     assert_eq!(info.roster[0].user_id, "teacher");
     assert_eq!(info.custody.committer_leaf, 0);
+    // The roster commitment is SHA-256 over the documented lines, and fingerprints are 32 lowercase hex digits.
+    let lines: String =
+        info.roster.iter().map(|r| format!("{} {} {} {}\n", r.leaf, r.user_id, r.device_id, r.fingerprint)).collect();
+    assert_eq!(info.custody.roster_commitment, hex::encode(Sha256::digest(lines.as_bytes())));
+    assert_eq!(info.roster[0].fingerprint, hex::encode(&Sha256::digest(t.identity.signer.public())[..16]));
     let mut refs: Vec<&SessionGroup> = students.iter().map(|s| s.group.as_ref().unwrap()).collect();
     refs.push(teacher.group.as_ref().unwrap());
     assert_converged(&refs);

@@ -1,0 +1,281 @@
+//! Storage of courses, as a trait the SQL store implements, and an in-memory store for tests and embedding.
+
+use crate::model::*;
+use async_trait::async_trait;
+use cloister_accounts::{StoreError, UnixTime, UserId};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Why a code could not be redeemed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedeemError {
+    /// No such code.
+    #[error("unknown code")]
+    Unknown,
+    /// Already used.
+    #[error("this code was already used")]
+    Used,
+    /// Past its expiry.
+    #[error("this code has expired")]
+    Expired,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where courses live. Every method is one transaction: a failure changes nothing.
+#[async_trait]
+pub trait CourseStore: Send + Sync {
+    /// Stores a new org with its first admin.
+    async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError>;
+    /// An org with its people.
+    async fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError>;
+    /// Sets (or with `None` removes) a user's role in an org.
+    async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError>;
+
+    /// Stores a new course with its first teacher.
+    async fn insert_course(&self, course: &Course, teacher: &UserId) -> Result<(), StoreError>;
+    /// A course with its org and people.
+    async fn course(&self, id: &CourseId) -> Result<Option<CourseRecord>, StoreError>;
+    /// Replaces a course's catalog fields (title, description, price, visibility).
+    async fn update_course(&self, course: &Course) -> Result<(), StoreError>;
+    /// Sets (or removes) a user's staff role on a course.
+    async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError>;
+    /// Public courses whose title or description contains `query` (case-insensitive; all when `None`), newest
+    /// first, `limit` from `offset`; and the total count of matches.
+    async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError>;
+
+    /// Stores a live session.
+    async fn insert_session(&self, session: &LiveSession) -> Result<(), StoreError>;
+    /// A course's live sessions by start time.
+    async fn sessions(&self, course: &CourseId) -> Result<Vec<LiveSession>, StoreError>;
+    /// One live session.
+    async fn session(&self, id: &SessionId) -> Result<Option<LiveSession>, StoreError>;
+
+    /// Enrolls; `Ok(false)` when already enrolled (nothing changes).
+    async fn enroll(
+        &self,
+        course: &CourseId,
+        user: &UserId,
+        via: EnrolledVia,
+        at: UnixTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a seat pack with the hashes of its codes.
+    async fn insert_seat_pack(&self, pack: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError>;
+    /// An org's seat packs with the number of redeemed codes.
+    async fn seat_packs(&self, org: &OrgId) -> Result<Vec<(SeatPack, u32)>, StoreError>;
+    /// Redeems a seat code and enrolls its holder in the pack's course, in one transaction.
+    async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError>;
+
+    /// Sets a teacher's public display name.
+    async fn set_teacher_profile(&self, profile: &TeacherProfile) -> Result<(), StoreError>;
+    /// A teacher's public display name.
+    async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError>;
+}
+
+#[derive(Default)]
+struct Inner {
+    orgs: BTreeMap<OrgId, Org>,
+    org_roles: BTreeMap<(OrgId, UserId), OrgRole>,
+    courses: BTreeMap<CourseId, Course>,
+    staff: BTreeMap<(CourseId, UserId), StaffRole>,
+    enrollments: BTreeMap<(CourseId, UserId), (EnrolledVia, UnixTime)>,
+    sessions: BTreeMap<SessionId, LiveSession>,
+    packs: BTreeMap<SeatPackId, SeatPack>,
+    /// code hash -> (pack, redeemed by)
+    codes: BTreeMap<[u8; 32], (SeatPackId, Option<UserId>)>,
+    profiles: BTreeMap<UserId, String>,
+}
+
+/// An in-memory [`CourseStore`].
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Inner>);
+
+impl MemoryStore {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        self.0.lock().map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
+    }
+}
+
+fn org_record(inner: &Inner, id: &OrgId) -> Option<OrgRecord> {
+    let org = inner.orgs.get(id)?.clone();
+    let with = |want: OrgRole| {
+        inner.org_roles.iter().filter(|((o, _), r)| o == id && **r == want).map(|((_, u), _)| u.clone()).collect()
+    };
+    Some(OrgRecord { org, admins: with(OrgRole::Admin), members: with(OrgRole::Member) })
+}
+
+#[async_trait]
+impl CourseStore for MemoryStore {
+    async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        if i.orgs.contains_key(&org.id) {
+            return Err(StoreError::Conflict);
+        }
+        i.orgs.insert(org.id.clone(), org.clone());
+        i.org_roles.insert((org.id.clone(), admin.clone()), OrgRole::Admin);
+        Ok(())
+    }
+
+    async fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError> {
+        let inner = self.lock()?;
+        Ok(org_record(&inner, id))
+    }
+
+    async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        let key = (org.clone(), user.clone());
+        match role {
+            Some(r) => i.org_roles.insert(key, r),
+            None => i.org_roles.remove(&key),
+        };
+        Ok(())
+    }
+
+    async fn insert_course(&self, course: &Course, teacher: &UserId) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        if i.courses.contains_key(&course.id) {
+            return Err(StoreError::Conflict);
+        }
+        i.courses.insert(course.id.clone(), course.clone());
+        i.staff.insert((course.id.clone(), teacher.clone()), StaffRole::Teacher);
+        Ok(())
+    }
+
+    async fn course(&self, id: &CourseId) -> Result<Option<CourseRecord>, StoreError> {
+        let i = self.lock()?;
+        let Some(course) = i.courses.get(id).cloned() else { return Ok(None) };
+        let org = course.org.as_ref().and_then(|o| org_record(&i, o));
+        let staff = |want: StaffRole| {
+            i.staff.iter().filter(|((c, _), r)| c == id && **r == want).map(|((_, u), _)| u.clone()).collect()
+        };
+        let students = i.enrollments.keys().filter(|(c, _)| c == id).map(|(_, u)| u.clone()).collect();
+        Ok(Some(CourseRecord { course, org, teachers: staff(StaffRole::Teacher), tas: staff(StaffRole::Ta), students }))
+    }
+
+    async fn update_course(&self, course: &Course) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        match i.courses.get_mut(&course.id) {
+            Some(c) => {
+                *c = course.clone();
+                Ok(())
+            }
+            None => Err(StoreError::Backend("no such course".into())),
+        }
+    }
+
+    async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        let key = (course.clone(), user.clone());
+        match role {
+            Some(r) => i.staff.insert(key, r),
+            None => i.staff.remove(&key),
+        };
+        Ok(())
+    }
+
+    async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError> {
+        let i = self.lock()?;
+        let q = query.map(str::to_lowercase);
+        let mut hits: Vec<&Course> = i
+            .courses
+            .values()
+            .filter(|c| c.visibility == Visibility::Public)
+            .filter(|c| {
+                q.as_ref()
+                    .is_none_or(|q| c.title.to_lowercase().contains(q) || c.description.to_lowercase().contains(q))
+            })
+            .collect();
+        hits.sort_by(|a, b| b.created_at.0.cmp(&a.created_at.0).then_with(|| a.id.cmp(&b.id)));
+        let total = hits.len() as u64;
+        let page = hits.into_iter().skip(offset as usize).take(limit as usize).cloned().collect();
+        Ok((page, total))
+    }
+
+    async fn insert_session(&self, session: &LiveSession) -> Result<(), StoreError> {
+        self.lock()?.sessions.insert(session.id.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn sessions(&self, course: &CourseId) -> Result<Vec<LiveSession>, StoreError> {
+        let i = self.lock()?;
+        let mut v: Vec<LiveSession> = i.sessions.values().filter(|s| &s.course == course).cloned().collect();
+        v.sort_by_key(|s| s.starts_at.0);
+        Ok(v)
+    }
+
+    async fn session(&self, id: &SessionId) -> Result<Option<LiveSession>, StoreError> {
+        Ok(self.lock()?.sessions.get(id).cloned())
+    }
+
+    async fn enroll(
+        &self,
+        course: &CourseId,
+        user: &UserId,
+        via: EnrolledVia,
+        at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut i = self.lock()?;
+        let key = (course.clone(), user.clone());
+        if i.enrollments.contains_key(&key) {
+            return Ok(false);
+        }
+        i.enrollments.insert(key, (via, at));
+        Ok(true)
+    }
+
+    async fn insert_seat_pack(&self, pack: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        if code_hashes.iter().any(|h| i.codes.contains_key(h)) {
+            return Err(StoreError::Conflict);
+        }
+        i.packs.insert(pack.id.clone(), pack.clone());
+        for h in code_hashes {
+            i.codes.insert(*h, (pack.id.clone(), None));
+        }
+        Ok(())
+    }
+
+    async fn seat_packs(&self, org: &OrgId) -> Result<Vec<(SeatPack, u32)>, StoreError> {
+        let i = self.lock()?;
+        Ok(i.packs
+            .values()
+            .filter(|p| &p.org == org)
+            .map(|p| {
+                let used = i.codes.values().filter(|(id, by)| id == &p.id && by.is_some()).count() as u32;
+                (p.clone(), used)
+            })
+            .collect())
+    }
+
+    async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError> {
+        let mut i = self.lock()?;
+        let (pack_id, by) = i.codes.get(code_hash).cloned().ok_or(RedeemError::Unknown)?;
+        if by.is_some() {
+            return Err(RedeemError::Used);
+        }
+        let pack = i.packs.get(&pack_id).cloned().ok_or(RedeemError::Unknown)?;
+        if now.0 >= pack.expires_at.0 {
+            return Err(RedeemError::Expired);
+        }
+        i.codes.insert(*code_hash, (pack_id, Some(user.clone())));
+        i.enrollments.entry((pack.course.clone(), user.clone())).or_insert((EnrolledVia::Seat, now));
+        Ok(pack)
+    }
+
+    async fn set_teacher_profile(&self, profile: &TeacherProfile) -> Result<(), StoreError> {
+        self.lock()?.profiles.insert(profile.user.clone(), profile.display_name.clone());
+        Ok(())
+    }
+
+    async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError> {
+        Ok(self.lock()?.profiles.get(user).map(|n| TeacherProfile { user: user.clone(), display_name: n.clone() }))
+    }
+}
