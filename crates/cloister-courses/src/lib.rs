@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod conformance;
 mod model;
 mod service;
 mod store;

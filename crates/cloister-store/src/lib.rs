@@ -12,6 +12,7 @@
 
 mod accounts;
 mod audit;
+mod courses;
 mod retention;
 
 pub use audit::StoredCheckpoint;
@@ -153,6 +154,14 @@ impl Database {
         match self {
             Self::Sqlite(p) => p.close().await,
             Self::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// The [`cloister_courses::CourseStore`] over this database.
+    pub fn course_store(&self) -> std::sync::Arc<dyn cloister_courses::CourseStore> {
+        match self {
+            Self::Sqlite(p) => std::sync::Arc::new(courses::SqliteCourses(p.clone())),
+            Self::Postgres(p) => std::sync::Arc::new(courses::PgCourses(p.clone())),
         }
     }
 

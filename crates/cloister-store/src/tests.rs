@@ -97,6 +97,53 @@ async fn sqlite_store_conforms() {
     db.close().await;
 }
 
+/// Accounts for the course conformance suite (course tables reference accounts).
+async fn course_users(db: &Database) -> Vec<UserId> {
+    let store = db.account_store();
+    let mut users = Vec::new();
+    for b in 0..4u8 {
+        let a = account(100 + b);
+        store.insert_account(&a).await.unwrap();
+        users.push(a.user_id);
+    }
+    users
+}
+
+#[tokio::test]
+async fn sqlite_course_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_sqlite(dir.path()).await.unwrap();
+    let users = course_users(&db).await;
+    cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    // Erasing an account removes its roles and enrollments with it.
+    assert!(db.account_store().erase_account(&users[2], UnixTime(200)).await.unwrap());
+    let Database::Sqlite(p) = &db else { panic!("opened as SQLite") };
+    for table in ["enrollments", "org_roles", "course_staff"] {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"))
+            .bind(users[2].as_str())
+            .fetch_one(p)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM seat_codes WHERE redeemed_by = $1")
+        .bind(users[2].as_str())
+        .fetch_one(p)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "a redeemed seat no longer names the erased account");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_course_store_conforms() {
+    let url = cloister_testkit::postgres().fresh_database().await;
+    let db = Database::open_postgres(&url).await.unwrap();
+    let users = course_users(&db).await;
+    cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    db.close().await;
+}
+
 #[tokio::test]
 async fn postgres_store_conforms() {
     let url = cloister_testkit::postgres().fresh_database().await;
@@ -151,6 +198,7 @@ const DATA_CLASSES: &[&str] = &[
     "ciphertext",
     "operational_metadata",
     "audit_metadata",
+    "org_metadata",
     "public",
 ];
 

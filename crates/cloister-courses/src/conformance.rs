@@ -1,0 +1,171 @@
+//! The behaviour every [`CourseStore`] must show through the [`Courses`] service, run against memory here and
+//! against SQLite and PostgreSQL in `cloister-store`. `users` are ids of existing accounts (SQL stores check).
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc, missing_docs)]
+
+use crate::*;
+use cloister_accounts::{UnixTime, UserId};
+use std::sync::Arc;
+
+const T0: UnixTime = UnixTime(1_800_000_000);
+
+fn svc(store: &Arc<dyn CourseStore>) -> Courses {
+    Courses::new(store.clone(), Arc::new(PaymentsNotConfigured), CoursesConfig::default())
+}
+
+/// Runs every case; `users` holds at least 4 ids of existing accounts.
+pub async fn run_all(store: Arc<dyn CourseStore>, users: &[UserId]) {
+    org_course_seat_pack_and_redemption(&store, users).await;
+    free_enrollment_staff_and_sessions(&store, users).await;
+    bad_input_is_refused_with_the_field(&store, users).await;
+    catalog_searches_public_courses_and_pages(&store, users).await;
+}
+
+fn input(title: &str, price: i64, visibility: Visibility) -> CourseInput {
+    CourseInput {
+        title: title.into(),
+        description: "Learn it".into(),
+        price_minor: price,
+        currency: "EUR".into(),
+        visibility,
+    }
+}
+
+async fn org_course_seat_pack_and_redemption(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    {
+        let s = svc(store);
+        let (admin, teacher, learner, other) = (users[0].clone(), users[1].clone(), users[2].clone(), users[3].clone());
+        let org = s.create_org("  Acme Corp ", &admin, T0).await.unwrap();
+        assert_eq!(org.name, "Acme Corp");
+        let org = s.org(&org.id).await.unwrap();
+        assert_eq!(org.admins, vec![admin.clone()]);
+        s.set_org_role(&org, &learner, Some(OrgRole::Member)).await.unwrap();
+        assert!(matches!(s.set_org_role(&org, &admin, None).await, Err(CourseError::LastAdmin)));
+        let org = s.org(&org.org.id).await.unwrap();
+        assert_eq!(org.facts().members, vec![learner.to_string()]);
+
+        let course = s
+            .create_course(Some(&org.org.id), &input("Secure Rust", 50_000, Visibility::Org), &teacher, T0)
+            .await
+            .unwrap();
+        let record = s.course(&course.id).await.unwrap();
+        let facts = record.facts();
+        assert!(!facts.public && !facts.free);
+        assert_eq!(facts.org.unwrap().admins, vec![admin.to_string()]);
+        assert!(matches!(s.enroll_free(&record, &learner, T0).await, Err(CourseError::NotFree)));
+        assert!(matches!(s.purchase(&record, &learner).await, Err(CourseError::PaymentNotConfigured)));
+
+        let (pack, codes) = s.create_seat_pack(&org, &record, 2, 30, T0).await.unwrap();
+        assert_eq!(codes.len(), 2);
+        assert_ne!(codes[0].as_str(), codes[1].as_str());
+        assert!(!format!("{:?}", codes[0]).contains(codes[0].as_str()), "codes never print");
+        // Typed loosely (lower case, no dashes) it still redeems; once.
+        let loose = codes[0].as_str().replace('-', "").to_lowercase();
+        assert_eq!(s.redeem_seat(&loose, &learner, T0.plus_secs(60)).await.unwrap().id, pack.id);
+        assert!(matches!(
+            s.redeem_seat(codes[0].as_str(), &other, T0).await,
+            Err(CourseError::Redeem(RedeemError::Used))
+        ));
+        assert!(matches!(
+            s.redeem_seat(codes[1].as_str(), &other, T0.plus_secs(31 * 86_400)).await,
+            Err(CourseError::Redeem(RedeemError::Expired))
+        ));
+        assert!(matches!(s.redeem_seat("NOPE-NOPE", &other, T0).await, Err(CourseError::Redeem(RedeemError::Unknown))));
+        assert_eq!(s.course(&course.id).await.unwrap().students, vec![learner.clone()]);
+        assert_eq!(s.seat_packs(&org.org.id).await.unwrap()[0].1, 1, "one code used");
+        // Bad packs.
+        assert!(s.create_seat_pack(&org, &record, 0, 30, T0).await.is_err());
+        assert!(s.create_seat_pack(&org, &record, 1, 0, T0).await.is_err());
+        assert!(s.create_seat_pack(&org, &record, 5000, 30, T0).await.is_err());
+    }
+}
+
+async fn free_enrollment_staff_and_sessions(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    {
+        let s = svc(store);
+        let (teacher, ta, learner) = (users[0].clone(), users[1].clone(), users[2].clone());
+        let c = s.create_course(None, &input("Intro to MLS", 0, Visibility::Public), &teacher, T0).await.unwrap();
+        let r = s.course(&c.id).await.unwrap();
+        assert!(s.enroll_free(&r, &learner, T0).await.unwrap());
+        assert!(!s.enroll_free(&r, &learner, T0).await.unwrap(), "twice is a no-op");
+        s.set_staff(&r, &ta, Some(StaffRole::Ta)).await.unwrap();
+        assert!(matches!(s.set_staff(&r, &teacher, None).await, Err(CourseError::LastTeacher)));
+        let r = s.course(&c.id).await.unwrap();
+        assert_eq!((r.tas.clone(), r.students.clone()), (vec![ta], vec![learner]));
+        let session = s.schedule_session(&r, T0.plus_secs(3600), T0.plus_secs(7200), 30, T0).await.unwrap();
+        assert_eq!(s.sessions(&c.id).await.unwrap(), vec![session.clone()]);
+        assert_eq!(s.session(&session.id).await.unwrap().1.course.id, c.id);
+        for (start, end, cap) in
+            [(7200, 3600, 30), (3600, 3600 + 13 * 3600, 30), (3600, 7200, 0), (3600, 7200, 100_000), (-7200, -3600, 30)]
+        {
+            assert!(
+                s.schedule_session(&r, T0.plus_secs(start), T0.plus_secs(end), cap, T0).await.is_err(),
+                "{start} {end} {cap}"
+            );
+        }
+        let edited = s.update_course(&r, &input("Intro to MLS, 2nd ed.", 0, Visibility::Public)).await.unwrap();
+        assert_eq!(s.course(&c.id).await.unwrap().course.title, edited.title);
+    }
+}
+
+async fn bad_input_is_refused_with_the_field(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    {
+        let s = svc(store);
+        let t = users[0].clone();
+        let cases = [
+            (input("", 0, Visibility::Public), "title"),
+            (input(&"x".repeat(MAX_TITLE + 1), 0, Visibility::Public), "title"),
+            (input("bell\u{7}", 0, Visibility::Public), "title"),
+            (CourseInput { currency: "eur".into(), ..input("ok", 0, Visibility::Public) }, "currency"),
+            (input("ok", -1, Visibility::Public), "price"),
+            (input("ok", MAX_PRICE_MINOR + 1, Visibility::Public), "price"),
+            (input("ok", 0, Visibility::Org), "org-only"),
+        ];
+        for (i, want) in cases {
+            let e = s.create_course(None, &i, &t, T0).await.unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should mention {want}");
+        }
+        // Multi-line descriptions are fine; control characters in them are not.
+        let mut ok = input("ok", 0, Visibility::Public);
+        ok.description = "line one\nline two".into();
+        assert!(s.create_course(None, &ok, &t, T0).await.is_ok());
+        ok.description = "nul\u{0}".into();
+        assert!(s.create_course(None, &ok, &t, T0).await.is_err());
+        assert!(s.set_display_name(&t, "  Dr. Ada  ").await.unwrap().display_name == "Dr. Ada");
+        assert!(s.set_display_name(&t, "").await.is_err());
+        assert!(s.create_org(&"o".repeat(MAX_NAME + 1), &t, T0).await.is_err());
+    }
+}
+
+async fn catalog_searches_public_courses_and_pages(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    let s = svc(store);
+    let t = users[0].clone();
+    let (_, before) = s.catalog(None, 0, 10).await.unwrap();
+    let org = s.create_org("Acme", &t, T0).await.unwrap();
+    // Newer than anything the other cases made, and with words no other case uses.
+    let later = T0.plus_secs(1_000_000);
+    for i in 0..25 {
+        let title = if i % 5 == 0 { format!("Zyxrust {i}") } else { format!("Qwgo {i}") };
+        s.create_course(None, &input(&title, 0, Visibility::Public), &t, later.plus_secs(i)).await.unwrap();
+    }
+    s.create_course(Some(&org.id), &input("Zyxrust internal", 0, Visibility::Org), &t, later.plus_secs(99))
+        .await
+        .unwrap();
+    let (page, total) = s.catalog(None, 0, 10).await.unwrap();
+    assert_eq!((page.len(), total), (10, before + 25), "org-only courses are not in the catalog");
+    assert_eq!(page[0].title, "Qwgo 24", "newest first");
+    let (second, _) = s.catalog(None, 1, 10).await.unwrap();
+    assert_eq!(second[0].title, "Qwgo 14", "pages follow on");
+    let (rust, total) = s.catalog(Some("zYXRUST"), 0, 100).await.unwrap();
+    assert_eq!((rust.len(), total), (5, 5), "case-insensitive, public only");
+    // LIKE's own characters are searched for literally.
+    let (none, total) = s.catalog(Some("%"), 0, 100).await.unwrap();
+    assert_eq!((none.len(), total), (0, 0));
+    let (none, total) = s.catalog(Some("Qwgo_"), 0, 100).await.unwrap();
+    assert_eq!((none.len(), total), (0, 0));
+    assert!(s.catalog(None, 0, 0).await.is_err());
+    assert!(s.catalog(None, 0, 1000).await.is_err());
+    assert!(s.catalog(Some(&"q".repeat(MAX_QUERY + 1)), 0, 10).await.is_err());
+    let (none, total) = s.catalog(None, 99_999, 10).await.unwrap();
+    assert_eq!((none.len(), total), (0, before + 25));
+}

@@ -1,0 +1,437 @@
+//! [`CourseStore`] over SQLite and PostgreSQL: the same SQL, instantiated per pool type by a macro (as accounts).
+
+use async_trait::async_trait;
+use cloister_accounts::{StoreError, UnixTime, UserId};
+use cloister_courses::{
+    Course, CourseId, CourseRecord, CourseStore, EnrolledVia, LiveSession, Org, OrgId, OrgRecord, OrgRole, Price,
+    RedeemError, SeatPack, SeatPackId, SessionId, StaffRole, TeacherProfile, Visibility,
+};
+use sqlx::{PgPool, SqlitePool};
+
+/// Courses in SQLite.
+pub(crate) struct SqliteCourses(pub(crate) SqlitePool);
+/// Courses in PostgreSQL.
+pub(crate) struct PgCourses(pub(crate) PgPool);
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("stored {what} is malformed"))
+}
+
+type CourseRow = (String, Option<String>, String, String, i64, String, String, i64);
+type SessionRow = (String, String, i64, i64, i64);
+type PackRow = (String, String, String, i64, i64, i64);
+
+const COURSE_COLUMNS: &str =
+    "SELECT id, org_id, title, description, price_minor, currency, visibility, created_at FROM courses";
+const SESSION_COLUMNS: &str = "SELECT id, course_id, starts_at, ends_at, capacity FROM live_sessions";
+const PACK_COLUMNS: &str = "SELECT id, org_id, course_id, seats, expires_at, created_at FROM seat_packs";
+
+fn course_from_row(r: CourseRow) -> Result<Course, StoreError> {
+    Ok(Course {
+        id: CourseId::parse(&r.0).ok_or_else(|| corrupt("course id"))?,
+        org: r.1.map(|o| OrgId::parse(&o).ok_or_else(|| corrupt("org id"))).transpose()?,
+        title: r.2,
+        description: r.3,
+        price: Price::new(r.4, &r.5).map_err(|_| corrupt("price"))?,
+        visibility: Visibility::parse(&r.6).ok_or_else(|| corrupt("visibility"))?,
+        created_at: UnixTime(r.7),
+    })
+}
+
+fn session_from_row(r: SessionRow) -> Result<LiveSession, StoreError> {
+    Ok(LiveSession {
+        id: SessionId::parse(&r.0).ok_or_else(|| corrupt("session id"))?,
+        course: CourseId::parse(&r.1).ok_or_else(|| corrupt("course id"))?,
+        starts_at: UnixTime(r.2),
+        ends_at: UnixTime(r.3),
+        capacity: u32::try_from(r.4).map_err(|_| corrupt("capacity"))?,
+    })
+}
+
+fn pack_from_row(r: PackRow) -> Result<SeatPack, StoreError> {
+    Ok(SeatPack {
+        id: SeatPackId::parse(&r.0).ok_or_else(|| corrupt("seat pack id"))?,
+        org: OrgId::parse(&r.1).ok_or_else(|| corrupt("org id"))?,
+        course: CourseId::parse(&r.2).ok_or_else(|| corrupt("course id"))?,
+        seats: u32::try_from(r.3).map_err(|_| corrupt("seats"))?,
+        expires_at: UnixTime(r.4),
+        created_at: UnixTime(r.5),
+    })
+}
+
+fn users(rows: Vec<(String,)>) -> Result<Vec<UserId>, StoreError> {
+    rows.into_iter().map(|(u,)| UserId::parse(&u).ok_or_else(|| corrupt("user id"))).collect()
+}
+
+/// `%text%` for LIKE, with LIKE's own characters escaped (`\` is the escape).
+fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+macro_rules! sql_course_store {
+    ($store:ident) => {
+        impl $store {
+            async fn org_record(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+                let row: Option<(String, String, i64)> =
+                    sqlx::query_as("SELECT id, name, created_at FROM orgs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.0)
+                        .await
+                        .map_err(backend)?;
+                let Some((id, name, created_at)) = row else { return Ok(None) };
+                let with = |role: &'static str| {
+                    sqlx::query_as::<_, (String,)>(
+                        "SELECT user_id FROM org_roles WHERE org_id = $1 AND role = $2 ORDER BY user_id",
+                    )
+                    .bind(id.clone())
+                    .bind(role)
+                    .fetch_all(&self.0)
+                };
+                let admins = users(with("admin").await.map_err(backend)?)?;
+                let members = users(with("member").await.map_err(backend)?)?;
+                let org = Org { id: OrgId::parse(&id).ok_or_else(|| corrupt("org id"))?, name, created_at: UnixTime(created_at) };
+                Ok(Some(OrgRecord { org, admins, members }))
+            }
+        }
+
+        #[async_trait]
+        impl CourseStore for $store {
+            async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError> {
+                let mut tx = self.0.begin().await.map_err(backend)?;
+                sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(org.id.as_str())
+                    .bind(&org.name)
+                    .bind(org.created_at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                sqlx::query("INSERT INTO org_roles (org_id, user_id, role) VALUES ($1, $2, 'admin')")
+                    .bind(org.id.as_str())
+                    .bind(admin.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError> {
+                self.org_record(id.as_str()).await
+            }
+
+            async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError> {
+                let q = match role {
+                    Some(r) => sqlx::query(
+                        "INSERT INTO org_roles (org_id, user_id, role) VALUES ($1, $2, $3) \
+                         ON CONFLICT (org_id, user_id) DO UPDATE SET role = excluded.role",
+                    )
+                    .bind(org.as_str())
+                    .bind(user.as_str())
+                    .bind(r.as_str()),
+                    None => sqlx::query("DELETE FROM org_roles WHERE org_id = $1 AND user_id = $2")
+                        .bind(org.as_str())
+                        .bind(user.as_str()),
+                };
+                q.execute(&self.0).await.map_err(backend)?;
+                Ok(())
+            }
+
+            async fn insert_course(&self, c: &Course, teacher: &UserId) -> Result<(), StoreError> {
+                let mut tx = self.0.begin().await.map_err(backend)?;
+                sqlx::query(
+                    "INSERT INTO courses (id, org_id, title, description, price_minor, currency, visibility, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(c.id.as_str())
+                .bind(c.org.as_ref().map(|o| o.as_str().to_owned()))
+                .bind(&c.title)
+                .bind(&c.description)
+                .bind(c.price.minor)
+                .bind(c.price.currency.as_str())
+                .bind(c.visibility.as_str())
+                .bind(c.created_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                sqlx::query("INSERT INTO course_staff (course_id, user_id, role) VALUES ($1, $2, 'teacher')")
+                    .bind(c.id.as_str())
+                    .bind(teacher.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn course(&self, id: &CourseId) -> Result<Option<CourseRecord>, StoreError> {
+                let row: Option<CourseRow> = sqlx::query_as(&format!("{COURSE_COLUMNS} WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.0)
+                    .await
+                    .map_err(backend)?;
+                let Some(row) = row else { return Ok(None) };
+                let course = course_from_row(row)?;
+                let org = match &course.org {
+                    Some(o) => self.org_record(o.as_str()).await?,
+                    None => None,
+                };
+                let staff = |role: &'static str| {
+                    sqlx::query_as::<_, (String,)>(
+                        "SELECT user_id FROM course_staff WHERE course_id = $1 AND role = $2 ORDER BY user_id",
+                    )
+                    .bind(id.as_str())
+                    .bind(role)
+                    .fetch_all(&self.0)
+                };
+                let teachers = users(staff("teacher").await.map_err(backend)?)?;
+                let tas = users(staff("ta").await.map_err(backend)?)?;
+                let students = users(
+                    sqlx::query_as("SELECT user_id FROM enrollments WHERE course_id = $1 ORDER BY user_id")
+                        .bind(id.as_str())
+                        .fetch_all(&self.0)
+                        .await
+                        .map_err(backend)?,
+                )?;
+                Ok(Some(CourseRecord { course, org, teachers, tas, students }))
+            }
+
+            async fn update_course(&self, c: &Course) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE courses SET title = $2, description = $3, price_minor = $4, currency = $5, visibility = $6 \
+                     WHERE id = $1",
+                )
+                .bind(c.id.as_str())
+                .bind(&c.title)
+                .bind(&c.description)
+                .bind(c.price.minor)
+                .bind(c.price.currency.as_str())
+                .bind(c.visibility.as_str())
+                .execute(&self.0)
+                .await
+                .map_err(backend)?;
+                if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Backend("no such course".into())) }
+            }
+
+            async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError> {
+                let q = match role {
+                    Some(r) => sqlx::query(
+                        "INSERT INTO course_staff (course_id, user_id, role) VALUES ($1, $2, $3) \
+                         ON CONFLICT (course_id, user_id) DO UPDATE SET role = excluded.role",
+                    )
+                    .bind(course.as_str())
+                    .bind(user.as_str())
+                    .bind(r.as_str()),
+                    None => sqlx::query("DELETE FROM course_staff WHERE course_id = $1 AND user_id = $2")
+                        .bind(course.as_str())
+                        .bind(user.as_str()),
+                };
+                q.execute(&self.0).await.map_err(backend)?;
+                Ok(())
+            }
+
+            async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError> {
+                let pattern = like_pattern(query.unwrap_or(""));
+                let filter = "WHERE visibility = 'public' AND (LOWER(title) LIKE $1 ESCAPE '\\' \
+                              OR LOWER(description) LIKE $1 ESCAPE '\\')";
+                let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM courses {filter}"))
+                    .bind(&pattern)
+                    .fetch_one(&self.0)
+                    .await
+                    .map_err(backend)?;
+                let rows: Vec<CourseRow> =
+                    sqlx::query_as(&format!("{COURSE_COLUMNS} {filter} ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"))
+                        .bind(&pattern)
+                        .bind(i64::from(limit))
+                        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                        .fetch_all(&self.0)
+                        .await
+                        .map_err(backend)?;
+                let courses = rows.into_iter().map(course_from_row).collect::<Result<_, _>>()?;
+                Ok((courses, u64::try_from(total).unwrap_or(0)))
+            }
+
+            async fn insert_session(&self, s: &LiveSession) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO live_sessions (id, course_id, starts_at, ends_at, capacity) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(s.id.as_str())
+                .bind(s.course.as_str())
+                .bind(s.starts_at.0)
+                .bind(s.ends_at.0)
+                .bind(i64::from(s.capacity))
+                .execute(&self.0)
+                .await
+                .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn sessions(&self, course: &CourseId) -> Result<Vec<LiveSession>, StoreError> {
+                let rows: Vec<SessionRow> =
+                    sqlx::query_as(&format!("{SESSION_COLUMNS} WHERE course_id = $1 ORDER BY starts_at, id"))
+                        .bind(course.as_str())
+                        .fetch_all(&self.0)
+                        .await
+                        .map_err(backend)?;
+                rows.into_iter().map(session_from_row).collect()
+            }
+
+            async fn session(&self, id: &SessionId) -> Result<Option<LiveSession>, StoreError> {
+                let row: Option<SessionRow> = sqlx::query_as(&format!("{SESSION_COLUMNS} WHERE id = $1"))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.0)
+                    .await
+                    .map_err(backend)?;
+                row.map(session_from_row).transpose()
+            }
+
+            async fn enroll(&self, course: &CourseId, user: &UserId, via: EnrolledVia, at: UnixTime) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO enrollments (course_id, user_id, via, enrolled_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (course_id, user_id) DO NOTHING",
+                )
+                .bind(course.as_str())
+                .bind(user.as_str())
+                .bind(via.as_str())
+                .bind(at.0)
+                .execute(&self.0)
+                .await
+                .map_err(backend)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn insert_seat_pack(&self, p: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+                let mut tx = self.0.begin().await.map_err(backend)?;
+                sqlx::query(
+                    "INSERT INTO seat_packs (id, org_id, course_id, seats, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(p.id.as_str())
+                .bind(p.org.as_str())
+                .bind(p.course.as_str())
+                .bind(i64::from(p.seats))
+                .bind(p.expires_at.0)
+                .bind(p.created_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                for h in code_hashes {
+                    sqlx::query("INSERT INTO seat_codes (code_hash, pack_id) VALUES ($1, $2)")
+                        .bind(&h[..])
+                        .bind(p.id.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            }
+
+            async fn seat_packs(&self, org: &OrgId) -> Result<Vec<(SeatPack, u32)>, StoreError> {
+                let rows: Vec<PackRow> = sqlx::query_as(&format!("{PACK_COLUMNS} WHERE org_id = $1 ORDER BY created_at, id"))
+                    .bind(org.as_str())
+                    .fetch_all(&self.0)
+                    .await
+                    .map_err(backend)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let pack = pack_from_row(r)?;
+                    let (used,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM seat_codes WHERE pack_id = $1 AND redeemed_at IS NOT NULL",
+                    )
+                    .bind(pack.id.as_str())
+                    .fetch_one(&self.0)
+                    .await
+                    .map_err(backend)?;
+                    out.push((pack, u32::try_from(used).unwrap_or(u32::MAX)));
+                }
+                Ok(out)
+            }
+
+            async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError> {
+                let mut tx = self.0.begin().await.map_err(backend)?;
+                let row: Option<(String, Option<i64>)> =
+                    sqlx::query_as("SELECT pack_id, redeemed_at FROM seat_codes WHERE code_hash = $1")
+                        .bind(&code_hash[..])
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                let (pack_id, redeemed_at) = row.ok_or(RedeemError::Unknown)?;
+                if redeemed_at.is_some() {
+                    return Err(RedeemError::Used);
+                }
+                let row: PackRow = sqlx::query_as(&format!("{PACK_COLUMNS} WHERE id = $1"))
+                    .bind(&pack_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let pack = pack_from_row(row)?;
+                if now.0 >= pack.expires_at.0 {
+                    return Err(RedeemError::Expired);
+                }
+                // Only an unused code is taken: two redemptions racing see one winner.
+                let taken = sqlx::query(
+                    "UPDATE seat_codes SET redeemed_by = $2, redeemed_at = $3 WHERE code_hash = $1 AND redeemed_at IS NULL",
+                )
+                .bind(&code_hash[..])
+                .bind(user.as_str())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                if taken.rows_affected() != 1 {
+                    return Err(RedeemError::Used);
+                }
+                sqlx::query(
+                    "INSERT INTO enrollments (course_id, user_id, via, enrolled_at) VALUES ($1, $2, 'seat', $3) \
+                     ON CONFLICT (course_id, user_id) DO NOTHING",
+                )
+                .bind(pack.course.as_str())
+                .bind(user.as_str())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(pack)
+            }
+
+            async fn set_teacher_profile(&self, p: &TeacherProfile) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO teacher_profiles (user_id, display_name) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name",
+                )
+                .bind(p.user.as_str())
+                .bind(&p.display_name)
+                .execute(&self.0)
+                .await
+                .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT display_name FROM teacher_profiles WHERE user_id = $1")
+                    .bind(user.as_str())
+                    .fetch_optional(&self.0)
+                    .await
+                    .map_err(backend)?;
+                Ok(row.map(|(display_name,)| TeacherProfile { user: user.clone(), display_name }))
+            }
+        }
+    };
+}
+
+sql_course_store!(SqliteCourses);
+sql_course_store!(PgCourses);
