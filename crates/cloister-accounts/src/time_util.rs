@@ -10,6 +10,13 @@ impl UnixTime {
         Self(self.0.saturating_add(secs))
     }
 
+    /// Parses an RFC 3339 timestamp (any offset); `None` when it is not one.
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| Self(t.unix_timestamp()))
+    }
+
     /// RFC 3339 in UTC, e.g. `2026-11-24T08:00:00Z`.
     pub fn to_rfc3339(self) -> String {
         match time::OffsetDateTime::from_unix_timestamp(self.0) {

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the JSON extractor, authentication, and the one error type every handler returns.
 
 use crate::audit::{AuditError, AuditLog};
+use crate::courses_api as c;
 use crate::metrics::{self, Metrics};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::header::{self, HeaderValue};
@@ -8,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self as mw, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use cloister_accounts::{AccountError, Accounts, Authenticated, UnixTime};
 
@@ -60,6 +61,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// The database (roles; domain services hold their own stores).
     pub db: cloister_store::Database,
+    /// The course service.
+    pub courses: Arc<cloister_courses::Courses>,
 }
 
 impl AppState {
@@ -512,6 +515,25 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/api/v1/me", get(me)),
         ("DELETE", "/api/v1/me", delete(erase)),
         ("GET", "/api/v1/me/export", get(export)),
+        ("PUT", "/api/v1/me/teacher-profile", put(c::put_teacher_profile)),
+        ("POST", "/api/v1/orgs", post(c::create_org)),
+        ("GET", "/api/v1/orgs/{org_id}", get(c::get_org)),
+        ("PUT", "/api/v1/orgs/{org_id}/members/{user_id}", put(c::put_org_member)),
+        ("DELETE", "/api/v1/orgs/{org_id}/members/{user_id}", delete(c::delete_org_member)),
+        ("POST", "/api/v1/orgs/{org_id}/seat-packs", post(c::create_seat_pack)),
+        ("GET", "/api/v1/orgs/{org_id}/seat-packs", get(c::list_seat_packs)),
+        ("POST", "/api/v1/seat-codes/redeem", post(c::redeem_seat)),
+        ("POST", "/api/v1/courses", post(c::create_course)),
+        ("GET", "/api/v1/courses/{course_id}", get(c::get_course)),
+        ("PUT", "/api/v1/courses/{course_id}", put(c::put_course)),
+        ("PUT", "/api/v1/courses/{course_id}/staff/{user_id}", put(c::put_staff)),
+        ("DELETE", "/api/v1/courses/{course_id}/staff/{user_id}", delete(c::delete_staff)),
+        ("POST", "/api/v1/courses/{course_id}/sessions", post(c::create_session)),
+        ("GET", "/api/v1/courses/{course_id}/sessions", get(c::list_sessions)),
+        ("POST", "/api/v1/courses/{course_id}/enrollments", post(c::enroll)),
+        ("GET", "/api/v1/courses/{course_id}/enrollments", get(c::list_enrollments)),
+        ("GET", "/api/v1/live-sessions/{session_id}", get(c::get_session)),
+        ("GET", "/api/v1/catalog", get(c::catalog)),
         ("GET", "/api/v1/audit/checkpoint", get(audit_checkpoint)),
         ("GET", "/api/v1/audit/entries", get(audit_entries)),
         ("GET", "/api/v1/audit/proof/inclusion", get(audit_inclusion)),

@@ -12,6 +12,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod courses_api;
 pub mod metrics;
 pub mod pepper;
 pub mod retention;

@@ -114,6 +114,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy: Arc::new(policy),
         audit: audit.clone(),
         db: db.clone(),
+        courses: Arc::new(cloister_courses::Courses::new(
+            db.course_store(),
+            Arc::new(cloister_courses::PaymentsNotConfigured),
+            cloister_courses::CoursesConfig::default(),
+        )),
     };
     let app = api::router(state.clone());
 

@@ -12,7 +12,8 @@ pub(crate) struct PgAccounts(pub(crate) PgPool);
 type AccountRow = (String, String, Vec<u8>, String, Vec<u8>, i64, i64);
 type SessionRow = (Vec<u8>, String, i64, i64);
 
-fn backend(e: sqlx::Error) -> StoreError {
+/// A sqlx error as a store error (unique violations become `Conflict`).
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         // sqlx errors carry SQL state and messages, never bound values, so they are safe to log.
@@ -20,7 +21,8 @@ fn backend(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn corrupt(what: &str) -> StoreError {
+/// A stored value that does not parse.
+pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("stored {what} is malformed"))
 }
 

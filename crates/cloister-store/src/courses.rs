@@ -1,5 +1,6 @@
 //! [`CourseStore`] over SQLite and PostgreSQL: the same SQL, instantiated per pool type by a macro (as accounts).
 
+use crate::accounts::{backend, corrupt};
 use async_trait::async_trait;
 use cloister_accounts::{StoreError, UnixTime, UserId};
 use cloister_courses::{
@@ -12,17 +13,6 @@ use sqlx::{PgPool, SqlitePool};
 pub(crate) struct SqliteCourses(pub(crate) SqlitePool);
 /// Courses in PostgreSQL.
 pub(crate) struct PgCourses(pub(crate) PgPool);
-
-fn backend(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Backend(e.to_string()),
-    }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Backend(format!("stored {what} is malformed"))
-}
 
 type CourseRow = (String, Option<String>, String, String, i64, String, String, i64);
 type SessionRow = (String, String, i64, i64, i64);

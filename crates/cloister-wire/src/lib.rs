@@ -216,6 +216,16 @@ pub enum ErrorCode {
     InvalidToken,
     /// 429: too many attempts; see `Retry-After`.
     RateLimited,
+    /// 402: the course is paid and no payment provider is configured on this server.
+    PaymentNotConfigured,
+    /// 404: no such seat code.
+    SeatCodeUnknown,
+    /// 409: the seat code was already used.
+    SeatCodeUsed,
+    /// 410: the seat code has expired.
+    SeatCodeExpired,
+    /// 409: the change would leave an org without an admin or a course without a teacher.
+    LastOwner,
     /// 403: signed in, but the authorization policy does not allow this action on this resource.
     Forbidden,
     /// 404: no such route or resource.
@@ -242,6 +252,11 @@ impl ErrorCode {
         Self::MissingToken,
         Self::InvalidToken,
         Self::RateLimited,
+        Self::PaymentNotConfigured,
+        Self::SeatCodeUnknown,
+        Self::SeatCodeUsed,
+        Self::SeatCodeExpired,
+        Self::LastOwner,
         Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -263,6 +278,11 @@ impl ErrorCode {
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
+            Self::PaymentNotConfigured => "payment_not_configured",
+            Self::SeatCodeUnknown => "seat_code_unknown",
+            Self::SeatCodeUsed => "seat_code_used",
+            Self::SeatCodeExpired => "seat_code_expired",
+            Self::LastOwner => "last_owner",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -281,6 +301,10 @@ impl ErrorCode {
             Self::EmailTaken => 409,
             Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => 401,
             Self::RateLimited => 429,
+            Self::PaymentNotConfigured => 402,
+            Self::SeatCodeUnknown => 404,
+            Self::SeatCodeUsed | Self::LastOwner => 409,
+            Self::SeatCodeExpired => 410,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -344,6 +368,191 @@ pub struct AuditProof {
     /// For consistency proofs: the earlier tree size and its root, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first: Option<(u64, String)>,
+}
+
+/// `POST /api/v1/orgs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrg {
+    /// The org's name (a company's, 1-80 characters).
+    pub name: String,
+}
+
+/// An org as the API shows it to its people and reviewers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgOut {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Admins' user ids.
+    pub admins: Vec<String>,
+    /// Members' user ids.
+    pub members: Vec<String>,
+}
+
+/// `PUT .../members/{user_id}` and `PUT .../staff/{user_id}`: the role to give.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    /// `admin` or `member` in an org; `teacher` or `ta` on a course.
+    pub role: String,
+}
+
+/// `POST /api/v1/courses` and `PUT /api/v1/courses/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CourseBody {
+    /// The owning org (required for org-only courses; creation only).
+    #[serde(default)]
+    pub org_id: Option<String>,
+    /// Title, 1-200 characters.
+    pub title: String,
+    /// Description, up to 5000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Price in minor units; 0 is free.
+    pub price_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// `public` (catalog) or `org`.
+    pub visibility: String,
+}
+
+/// A course as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CourseOut {
+    /// Id.
+    pub id: String,
+    /// Owning org, if any.
+    pub org_id: Option<String>,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Price in minor units.
+    pub price_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// `public` or `org`.
+    pub visibility: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Teachers' public display names (those who set one).
+    pub teachers: Vec<String>,
+}
+
+/// `GET /api/v1/catalog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogPage {
+    /// This page.
+    pub courses: Vec<CourseOut>,
+    /// Matches in all.
+    pub total: u64,
+    /// Page number, from 0.
+    pub page: u64,
+    /// Page size.
+    pub per_page: u32,
+}
+
+/// `POST /api/v1/courses/{id}/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewLiveSession {
+    /// RFC 3339.
+    pub starts_at: String,
+    /// RFC 3339.
+    pub ends_at: String,
+    /// Most participants.
+    pub capacity: u32,
+}
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSessionOut {
+    /// Id.
+    pub id: String,
+    /// Course.
+    pub course_id: String,
+    /// RFC 3339.
+    pub starts_at: String,
+    /// RFC 3339.
+    pub ends_at: String,
+    /// Most participants.
+    pub capacity: u32,
+}
+
+/// `POST /api/v1/courses/{id}/enrollments` and seat redemption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentOut {
+    /// Course.
+    pub course_id: String,
+    /// `free`, `seat`, `invitation` or `payment`.
+    pub via: String,
+    /// False when the caller was already enrolled.
+    pub new: bool,
+}
+
+/// `GET /api/v1/courses/{id}/enrollments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentsOut {
+    /// Enrolled students' user ids.
+    pub students: Vec<String>,
+}
+
+/// `POST /api/v1/orgs/{id}/seat-packs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSeatPack {
+    /// The course the seats are for.
+    pub course_id: String,
+    /// Number of codes.
+    pub seats: u32,
+    /// Days until unused codes expire.
+    pub valid_days: i64,
+}
+
+/// A seat pack; `codes` only in the answer that created it (shown once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatPackOut {
+    /// Id.
+    pub id: String,
+    /// Course.
+    pub course_id: String,
+    /// Number of codes.
+    pub seats: u32,
+    /// Codes redeemed so far.
+    pub used: u32,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// The codes, once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+}
+
+/// `GET /api/v1/orgs/{id}/seat-packs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatPacks {
+    /// The org's packs.
+    pub seat_packs: Vec<SeatPackOut>,
+}
+
+/// `POST /api/v1/seat-codes/redeem`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemSeat {
+    /// The seat code.
+    pub code: Secret,
+}
+
+/// `PUT /api/v1/me/teacher-profile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherProfileBody {
+    /// The public display name for the catalog, 1-80 characters.
+    pub display_name: String,
 }
 
 #[cfg(test)]
