@@ -99,6 +99,32 @@ async fn scenario(backend: Backend) {
     let (st, _) = call(&s, Some(&learner), M::GET, &enroll, None).await;
     assert_eq!(st, 403);
 
+    // A teacher's invitation enrolls in the paid course too, once.
+    let (st, inv) = call(
+        &s,
+        Some(&teacher),
+        M::POST,
+        &format!("/api/v1/courses/{paid_id}/invitations"),
+        Some(json!({"valid_days": 7})),
+    )
+    .await;
+    assert_eq!(st, 201, "{inv}");
+    let (st, _) = call(
+        &s,
+        Some(&learner),
+        M::POST,
+        &format!("/api/v1/courses/{paid_id}/invitations"),
+        Some(json!({"valid_days": 7})),
+    )
+    .await;
+    assert_eq!(st, 403, "students do not invite");
+    let (st, en) =
+        call(&s, Some(&learner), M::POST, "/api/v1/invitations/redeem", Some(json!({"code": inv["code"]}))).await;
+    assert_eq!((st, en["via"].as_str()), (201, Some("invitation")), "{en}");
+    let (st, e) =
+        call(&s, Some(&outsider), M::POST, "/api/v1/invitations/redeem", Some(json!({"code": inv["code"]}))).await;
+    assert_eq!((st, code(&e)), (409, "code_used"));
+
     // Live sessions: scheduled by the teacher, readable by participants only.
     let sessions = format!("/api/v1/courses/{free_id}/sessions");
     let (st, e) = call(
@@ -154,9 +180,9 @@ async fn scenario(backend: Backend) {
     let (st, en) = call(&s, Some(&member), M::POST, redeem, Some(json!({"code": code0.to_lowercase()}))).await;
     assert_eq!((st, en["course_id"].as_str()), (201, Some(oc_id.as_str())), "{en}");
     let (st, e) = call(&s, Some(&outsider), M::POST, redeem, Some(json!({"code": code0}))).await;
-    assert_eq!((st, code(&e)), (409, "seat_code_used"));
+    assert_eq!((st, code(&e)), (409, "code_used"));
     let (st, e) = call(&s, Some(&outsider), M::POST, redeem, Some(json!({"code": "AAAA-BBBB"}))).await;
-    assert_eq!((st, code(&e)), (404, "seat_code_unknown"));
+    assert_eq!((st, code(&e)), (404, "code_unknown"));
     let (st, list) = call(&s, Some(&admin), M::GET, &packs, None).await;
     assert_eq!((st, list["seat_packs"][0]["used"].as_u64()), (200, Some(1)));
     assert!(list["seat_packs"][0].get("codes").is_none(), "codes are shown once");

@@ -59,7 +59,9 @@ async fn scenario(backend: Backend) {
     assert!(text.contains("ret-session-v1\tsession\tdeleted 1\tcommitment "), "{text}");
     assert!(text.contains("ret-erasure-record-v1\terasure_record\tdeleted 1\tcommitment "), "{text}");
     assert_eq!((count(&s, "sessions").await, count(&s, "erasures").await), (1, 0));
-    assert_eq!(count(&s, "audit_entries").await, entries_before + 2, "one entry per class");
+    let classes = text.lines().count() as i64;
+    assert!(classes >= 2, "{text}");
+    assert_eq!(count(&s, "audit_entries").await, entries_before + classes, "one entry per automated class");
     // The deleted ids are not in the audit log, only their count and commitment.
     let out = s.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));

@@ -19,6 +19,26 @@ pub async fn run_all(store: Arc<dyn CourseStore>, users: &[UserId]) {
     free_enrollment_staff_and_sessions(&store, users).await;
     bad_input_is_refused_with_the_field(&store, users).await;
     catalog_searches_public_courses_and_pages(&store, users).await;
+    invitations_enroll_once_until_they_expire(&store, users).await;
+}
+
+async fn invitations_enroll_once_until_they_expire(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    let s = svc(store);
+    let (teacher, a, b) = (users[0].clone(), users[1].clone(), users[2].clone());
+    let c = s.create_course(None, &input("Invite only", 5000, Visibility::Public), &teacher, T0).await.unwrap();
+    let r = s.course(&c.id).await.unwrap();
+    let (code, expires) = s.invite(&r, &teacher, 7, T0).await.unwrap();
+    assert_eq!(expires, T0.plus_secs(7 * 86_400));
+    assert_eq!(s.redeem_invitation(&code.as_str().to_lowercase(), &a, T0).await.unwrap(), c.id, "paid course, invited");
+    assert!(matches!(s.redeem_invitation(code.as_str(), &b, T0).await, Err(CourseError::Redeem(RedeemError::Used))));
+    let (late, _) = s.invite(&r, &teacher, 1, T0).await.unwrap();
+    assert!(matches!(
+        s.redeem_invitation(late.as_str(), &b, T0.plus_secs(86_400)).await,
+        Err(CourseError::Redeem(RedeemError::Expired))
+    ));
+    assert!(matches!(s.redeem_invitation("x", &b, T0).await, Err(CourseError::Redeem(RedeemError::Unknown))));
+    assert!(s.invite(&r, &teacher, 0, T0).await.is_err());
+    assert_eq!(s.course(&c.id).await.unwrap().students, vec![a]);
 }
 
 fn input(title: &str, price: i64, visibility: Visibility) -> CourseInput {

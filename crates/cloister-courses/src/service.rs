@@ -318,6 +318,29 @@ impl Courses {
         Ok(self.store.redeem_seat(&hash, user, now).await?)
     }
 
+    /// Creates a single-use invitation to `course` by `by`, valid for `days`; the code is returned once.
+    pub async fn invite(
+        &self,
+        course: &CourseRecord,
+        by: &UserId,
+        days: i64,
+        now: UnixTime,
+    ) -> Result<(Code, UnixTime), CourseError> {
+        if !(1..=self.config.max_seat_days).contains(&days) {
+            return Err(InputError::Expiry { max_days: self.config.max_seat_days }.into());
+        }
+        let code = Code::random();
+        let expires_at = now.plus_secs(days * 86_400);
+        self.store.insert_invitation(&code.stored_hash(), &course.course.id, by, expires_at).await?;
+        Ok((code, expires_at))
+    }
+
+    /// Redeems an invitation: enrolls `user` in its course.
+    pub async fn redeem_invitation(&self, code: &str, user: &UserId, now: UnixTime) -> Result<CourseId, CourseError> {
+        let hash = Code::hash_of(code).ok_or(RedeemError::Unknown)?;
+        Ok(self.store.redeem_invitation(&hash, user, now).await?)
+    }
+
     /// Sets the teacher's public display name for the catalog.
     pub async fn set_display_name(&self, user: &UserId, name: &str) -> Result<TeacherProfile, CourseError> {
         let profile =

@@ -69,6 +69,22 @@ pub trait CourseStore: Send + Sync {
     /// Redeems a seat code and enrolls its holder in the pack's course, in one transaction.
     async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError>;
 
+    /// Stores an invitation (the code's hash) to `course` by `by`, valid until `expires_at`.
+    async fn insert_invitation(
+        &self,
+        code_hash: &[u8; 32],
+        course: &CourseId,
+        by: &UserId,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Redeems an invitation and enrolls its holder (via `invitation`), in one transaction; returns the course.
+    async fn redeem_invitation(
+        &self,
+        code_hash: &[u8; 32],
+        user: &UserId,
+        now: UnixTime,
+    ) -> Result<CourseId, RedeemError>;
+
     /// Sets a teacher's public display name.
     async fn set_teacher_profile(&self, profile: &TeacherProfile) -> Result<(), StoreError>;
     /// A teacher's public display name.
@@ -87,6 +103,8 @@ struct Inner {
     /// code hash -> (pack, redeemed by)
     codes: BTreeMap<[u8; 32], (SeatPackId, Option<UserId>)>,
     profiles: BTreeMap<UserId, String>,
+    /// code hash -> (course, expires at, redeemed by)
+    invitations: BTreeMap<[u8; 32], (CourseId, UnixTime, Option<UserId>)>,
 }
 
 /// An in-memory [`CourseStore`].
@@ -268,6 +286,40 @@ impl CourseStore for MemoryStore {
         i.codes.insert(*code_hash, (pack_id, Some(user.clone())));
         i.enrollments.entry((pack.course.clone(), user.clone())).or_insert((EnrolledVia::Seat, now));
         Ok(pack)
+    }
+
+    async fn insert_invitation(
+        &self,
+        code_hash: &[u8; 32],
+        course: &CourseId,
+        _by: &UserId,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut i = self.lock()?;
+        if i.invitations.contains_key(code_hash) {
+            return Err(StoreError::Conflict);
+        }
+        i.invitations.insert(*code_hash, (course.clone(), expires_at, None));
+        Ok(())
+    }
+
+    async fn redeem_invitation(
+        &self,
+        code_hash: &[u8; 32],
+        user: &UserId,
+        now: UnixTime,
+    ) -> Result<CourseId, RedeemError> {
+        let mut i = self.lock()?;
+        let (course, expires_at, by) = i.invitations.get(code_hash).cloned().ok_or(RedeemError::Unknown)?;
+        if by.is_some() {
+            return Err(RedeemError::Used);
+        }
+        if now.0 >= expires_at.0 {
+            return Err(RedeemError::Expired);
+        }
+        i.invitations.insert(*code_hash, (course.clone(), expires_at, Some(user.clone())));
+        i.enrollments.entry((course.clone(), user.clone())).or_insert((EnrolledVia::Invitation, now));
+        Ok(course)
     }
 
     async fn set_teacher_profile(&self, profile: &TeacherProfile) -> Result<(), StoreError> {

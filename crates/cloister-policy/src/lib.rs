@@ -87,6 +87,8 @@ pub enum Action {
     SeatPackRead,
     /// Redeem a seat code.
     SeatRedeem,
+    /// Redeem a teacher's invitation.
+    InvitationRedeem,
     /// See a course.
     CourseRead,
     /// Edit a course.
@@ -117,7 +119,7 @@ pub enum Action {
 
 impl Action {
     /// All actions.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 24] = [
         Action::CatalogRead,
         Action::OrgCreate,
         Action::CourseCreatePublic,
@@ -128,6 +130,7 @@ impl Action {
         Action::CourseCreateInOrg,
         Action::SeatPackRead,
         Action::SeatRedeem,
+        Action::InvitationRedeem,
         Action::CourseRead,
         Action::CourseUpdate,
         Action::CourseManageStaff,
@@ -156,6 +159,7 @@ impl Action {
             Action::CourseCreateInOrg => "course.create_in_org",
             Action::SeatPackRead => "seatpack.read",
             Action::SeatRedeem => "seat.redeem",
+            Action::InvitationRedeem => "invitation.redeem",
             Action::CourseRead => "course.read",
             Action::CourseUpdate => "course.update",
             Action::CourseManageStaff => "course.manage_staff",

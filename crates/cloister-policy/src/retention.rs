@@ -15,6 +15,12 @@ pub enum Rule {
     ExpiredSessions,
     /// `erasures` rows older than the class limit.
     ErasureRecords,
+    /// Unredeemed `seat_codes` of packs that expired more than the class limit ago.
+    ExpiredSeatCodes,
+    /// Unredeemed `invitations` that expired more than the class limit ago.
+    ExpiredInvitations,
+    /// `enrollments` of courses whose last live session ended more than the class limit ago.
+    EndedCourseEnrollments,
 }
 
 impl Rule {
@@ -22,6 +28,9 @@ impl Rule {
         match name {
             "expired_sessions" => Some(Self::ExpiredSessions),
             "erasure_records" => Some(Self::ErasureRecords),
+            "expired_seat_codes" => Some(Self::ExpiredSeatCodes),
+            "expired_invitations" => Some(Self::ExpiredInvitations),
+            "ended_course_enrollments" => Some(Self::EndedCourseEnrollments),
             _ => None,
         }
     }
@@ -31,6 +40,9 @@ impl Rule {
         match self {
             Self::ExpiredSessions => "expired_sessions",
             Self::ErasureRecords => "erasure_records",
+            Self::ExpiredSeatCodes => "expired_seat_codes",
+            Self::ExpiredInvitations => "expired_invitations",
+            Self::EndedCourseEnrollments => "ended_course_enrollments",
         }
     }
 }
@@ -118,7 +130,7 @@ impl RetentionPolicy {
             let rule =
                 Rule::from_name(rule_name).ok_or_else(|| bad(format!("class {name}: unknown rule {rule_name:?}")))?;
             let policy_id = c.id.clone().ok_or_else(|| bad(format!("class {name}: a rule needs an id")))?;
-            if rule == Rule::ErasureRecords && c.limit_seconds.is_none() {
+            if rule != Rule::ExpiredSessions && c.limit_seconds.is_none() {
                 return Err(bad(format!("class {name}: rule {rule_name} needs limit_seconds")));
             }
             automated.push(AutomatedClass { policy_id, class: name.clone(), rule, limit_seconds: c.limit_seconds });
@@ -141,7 +153,7 @@ impl RetentionPolicy {
                 rule: a.rule,
                 cutoff: match a.rule {
                     Rule::ExpiredSessions => now,
-                    Rule::ErasureRecords => now.saturating_sub(a.limit_seconds.unwrap_or(i64::MAX)),
+                    _ => now.saturating_sub(a.limit_seconds.unwrap_or(i64::MAX)),
                 },
             })
             .collect()

@@ -532,6 +532,8 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/api/v1/courses/{course_id}/sessions", get(c::list_sessions)),
         ("POST", "/api/v1/courses/{course_id}/enrollments", post(c::enroll)),
         ("GET", "/api/v1/courses/{course_id}/enrollments", get(c::list_enrollments)),
+        ("POST", "/api/v1/courses/{course_id}/invitations", post(c::create_invitation)),
+        ("POST", "/api/v1/invitations/redeem", post(c::redeem_invitation)),
         ("GET", "/api/v1/live-sessions/{session_id}", get(c::get_session)),
         ("GET", "/api/v1/catalog", get(c::catalog)),
         ("GET", "/api/v1/audit/checkpoint", get(audit_checkpoint)),

@@ -15,8 +15,9 @@ use cloister_courses::{
 };
 use cloister_policy::{Action, Resource};
 use cloister_wire::{
-    CatalogPage, CourseBody, CourseOut, EnrollmentOut, EnrollmentsOut, ErrorCode, LiveSessionOut, NewLiveSession,
-    NewOrg, NewSeatPack, OrgOut, RedeemSeat, RoleBody, SeatPackOut, SeatPacks, TeacherProfileBody,
+    CatalogPage, CourseBody, CourseOut, EnrollmentOut, EnrollmentsOut, ErrorCode, InvitationOut, LiveSessionOut,
+    NewInvitation, NewLiveSession, NewOrg, NewSeatPack, OrgOut, RedeemSeat, RoleBody, SeatPackOut, SeatPacks,
+    TeacherProfileBody,
 };
 use serde::de::DeserializeOwned;
 
@@ -28,9 +29,9 @@ impl From<CourseError> for ApiError {
             CourseError::NotFound => Self::new(ErrorCode::NotFound, msg),
             CourseError::NotFree | CourseError::PaymentNotConfigured => Self::new(ErrorCode::PaymentNotConfigured, msg),
             CourseError::LastAdmin | CourseError::LastTeacher => Self::new(ErrorCode::LastOwner, msg),
-            CourseError::Redeem(RedeemError::Unknown) => Self::new(ErrorCode::SeatCodeUnknown, msg),
-            CourseError::Redeem(RedeemError::Used) => Self::new(ErrorCode::SeatCodeUsed, msg),
-            CourseError::Redeem(RedeemError::Expired) => Self::new(ErrorCode::SeatCodeExpired, msg),
+            CourseError::Redeem(RedeemError::Unknown) => Self::new(ErrorCode::CodeUnknown, msg),
+            CourseError::Redeem(RedeemError::Used) => Self::new(ErrorCode::CodeUsed, msg),
+            CourseError::Redeem(RedeemError::Expired) => Self::new(ErrorCode::CodeExpired, msg),
             other => Self::internal(&other),
         }
     }
@@ -441,6 +442,43 @@ pub async fn redeem_seat(
         AuditEvent::Enrolled { course: pack.course.to_string(), user: auth.user_id.to_string(), via: "seat".into() };
     state.audit.record_or_log(event, now).await;
     Ok((StatusCode::CREATED, Json(EnrollmentOut { course_id: pack.course.to_string(), via: "seat".into(), new: true })))
+}
+
+/// `POST /api/v1/courses/{course_id}/invitations`: the code is in this answer only.
+pub async fn create_invitation(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<NewInvitation>,
+) -> Result<(StatusCode, Json<InvitationOut>), ApiError> {
+    let c = load_course(&state, &id).await?;
+    state.authorize(Some(&auth), Action::CourseInvite, &Resource::Course(c.facts())).await?;
+    let (code, expires_at) = state.courses.invite(&c, &auth.user_id, body.valid_days, (state.clock)()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(InvitationOut {
+            course_id: c.course.id.to_string(),
+            code: code.as_str().to_owned(),
+            expires_at: expires_at.to_rfc3339(),
+        }),
+    ))
+}
+
+/// `POST /api/v1/invitations/redeem`
+pub async fn redeem_invitation(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiJson(body): ApiJson<RedeemSeat>,
+) -> Result<(StatusCode, Json<EnrollmentOut>), ApiError> {
+    state.authorize(Some(&auth), Action::InvitationRedeem, &Resource::Platform).await?;
+    let course = state.courses.redeem_invitation(body.code.expose(), &auth.user_id, (state.clock)()).await?;
+    let event =
+        AuditEvent::Enrolled { course: course.to_string(), user: auth.user_id.to_string(), via: "invitation".into() };
+    state.audit.record_or_log(event, state.now_ms()).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentOut { course_id: course.to_string(), via: "invitation".into(), new: true }),
+    ))
 }
 
 /// `GET /api/v1/catalog` query.

@@ -50,21 +50,27 @@ fn init_logging(json: bool) {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM handlers, installed before the server announces that it listens: a signal that arrives right
+/// after `listening on` must start a graceful shutdown, not kill the process with the default action.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
 
@@ -127,6 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         TlsMode::Files { cert, key } => Some(crate::tls::load(Some((cert, key)), &config.data_dir)?),
         TlsMode::SelfSigned => Some(crate::tls::load(None, &config.data_dir)?),
     };
+    let mut signals = ShutdownSignals::install()?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
@@ -203,7 +210,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let shutdown = shutdown_signal();
+    let shutdown = signals.recv();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -74,6 +74,38 @@ fn like_pattern(q: &str) -> String {
     p
 }
 
+/// Marks a code used (only if still unused: two redemptions racing see one winner) and enrolls its holder, inside
+/// the caller's transaction.
+macro_rules! take_code_and_enroll {
+    ($tx:ident, $table:literal, $hash:expr, $user:expr, $now:expr, $course:expr, $via:literal) => {
+        let taken = sqlx::query(concat!(
+            "UPDATE ",
+            $table,
+            " SET redeemed_by = $2, redeemed_at = $3 WHERE code_hash = $1 AND redeemed_at IS NULL"
+        ))
+        .bind(&$hash[..])
+        .bind($user.as_str())
+        .bind($now.0)
+        .execute(&mut *$tx)
+        .await
+        .map_err(backend)?;
+        if taken.rows_affected() != 1 {
+            return Err(RedeemError::Used);
+        }
+        sqlx::query(concat!(
+            "INSERT INTO enrollments (course_id, user_id, via, enrolled_at) VALUES ($1, $2, '",
+            $via,
+            "', $3) ON CONFLICT (course_id, user_id) DO NOTHING"
+        ))
+        .bind($course)
+        .bind($user.as_str())
+        .bind($now.0)
+        .execute(&mut *$tx)
+        .await
+        .map_err(backend)?;
+    };
+}
+
 macro_rules! sql_course_store {
     ($store:ident) => {
         impl $store {
@@ -371,31 +403,47 @@ macro_rules! sql_course_store {
                 if now.0 >= pack.expires_at.0 {
                     return Err(RedeemError::Expired);
                 }
-                // Only an unused code is taken: two redemptions racing see one winner.
-                let taken = sqlx::query(
-                    "UPDATE seat_codes SET redeemed_by = $2, redeemed_at = $3 WHERE code_hash = $1 AND redeemed_at IS NULL",
-                )
-                .bind(&code_hash[..])
-                .bind(user.as_str())
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-                if taken.rows_affected() != 1 {
-                    return Err(RedeemError::Used);
-                }
-                sqlx::query(
-                    "INSERT INTO enrollments (course_id, user_id, via, enrolled_at) VALUES ($1, $2, 'seat', $3) \
-                     ON CONFLICT (course_id, user_id) DO NOTHING",
-                )
-                .bind(pack.course.as_str())
-                .bind(user.as_str())
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+                take_code_and_enroll!(tx, "seat_codes", code_hash, user, now, pack.course.as_str(), "seat");
                 tx.commit().await.map_err(backend)?;
                 Ok(pack)
+            }
+
+            async fn insert_invitation(
+                &self,
+                code_hash: &[u8; 32],
+                course: &CourseId,
+                by: &UserId,
+                expires_at: UnixTime,
+            ) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO invitations (code_hash, course_id, invited_by, expires_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&code_hash[..])
+                    .bind(course.as_str())
+                    .bind(by.as_str())
+                    .bind(expires_at.0)
+                    .execute(&self.0)
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn redeem_invitation(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<CourseId, RedeemError> {
+                let mut tx = self.0.begin().await.map_err(backend)?;
+                let row: Option<(String, i64, Option<i64>)> =
+                    sqlx::query_as("SELECT course_id, expires_at, redeemed_at FROM invitations WHERE code_hash = $1")
+                        .bind(&code_hash[..])
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                let (course, expires_at, redeemed_at) = row.ok_or(RedeemError::Unknown)?;
+                if redeemed_at.is_some() {
+                    return Err(RedeemError::Used);
+                }
+                if now.0 >= expires_at {
+                    return Err(RedeemError::Expired);
+                }
+                take_code_and_enroll!(tx, "invitations", code_hash, user, now, &course, "invitation");
+                tx.commit().await.map_err(backend)?;
+                CourseId::parse(&course).ok_or_else(|| RedeemError::Store(corrupt("course id")))
             }
 
             async fn set_teacher_profile(&self, p: &TeacherProfile) -> Result<(), StoreError> {

@@ -22,6 +22,26 @@ fn sql(rule: Rule) -> Result<(&'static str, &'static str, bool), DatabaseError> 
             "DELETE FROM erasures WHERE erased_at < $1 RETURNING user_id",
             false,
         )),
+        Rule::ExpiredSeatCodes => Ok((
+            "SELECT code_hash FROM seat_codes WHERE redeemed_at IS NULL \
+             AND pack_id IN (SELECT id FROM seat_packs WHERE expires_at < $1)",
+            "DELETE FROM seat_codes WHERE redeemed_at IS NULL \
+             AND pack_id IN (SELECT id FROM seat_packs WHERE expires_at < $1) RETURNING code_hash",
+            true,
+        )),
+        Rule::ExpiredInvitations => Ok((
+            "SELECT code_hash FROM invitations WHERE redeemed_at IS NULL AND expires_at < $1",
+            "DELETE FROM invitations WHERE redeemed_at IS NULL AND expires_at < $1 RETURNING code_hash",
+            true,
+        )),
+        Rule::EndedCourseEnrollments => Ok((
+            "SELECT course_id || ':' || user_id FROM enrollments WHERE course_id IN \
+             (SELECT course_id FROM live_sessions GROUP BY course_id HAVING MAX(ends_at) < $1)",
+            "DELETE FROM enrollments WHERE course_id IN \
+             (SELECT course_id FROM live_sessions GROUP BY course_id HAVING MAX(ends_at) < $1) \
+             RETURNING course_id || ':' || user_id",
+            false,
+        )),
         #[allow(unreachable_patterns)]
         other => Err(DatabaseError::Query(format!("retention rule {} has no storage mapping", other.as_str()))),
     }

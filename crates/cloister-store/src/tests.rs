@@ -109,12 +109,55 @@ async fn course_users(db: &Database) -> Vec<UserId> {
     users
 }
 
+/// The course retention rules on a real schema: only what is due goes.
+async fn course_retention(db: &Database, users: &[UserId]) {
+    use cloister_courses::{CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
+    use cloister_policy::retention::Rule;
+    let s = Courses::new(db.course_store(), Arc::new(PaymentsNotConfigured), CoursesConfig::default());
+    let t0 = UnixTime(1_000_000_000);
+    let input = CourseInput {
+        title: "Old".into(),
+        description: String::new(),
+        price_minor: 0,
+        currency: "EUR".into(),
+        visibility: Visibility::Public,
+    };
+    let org = s.create_org("Acme", &users[0], t0).await.unwrap();
+    let org = s.org(&org.id).await.unwrap();
+    let old = s.create_course(None, &input, &users[0], t0).await.unwrap();
+    let old = s.course(&old.id).await.unwrap();
+    let live = s.create_course(None, &input, &users[0], t0).await.unwrap();
+    let live = s.course(&live.id).await.unwrap();
+    // The old course's last session ended at t0+2h; the live one has one in the far future.
+    s.schedule_session(&old, t0.plus_secs(3600), t0.plus_secs(7200), 10, t0).await.unwrap();
+    s.schedule_session(&live, UnixTime(4_000_000_000), UnixTime(4_000_003_600), 10, t0).await.unwrap();
+    s.enroll_free(&old, &users[1], t0).await.unwrap();
+    s.enroll_free(&live, &users[1], t0).await.unwrap();
+    // A pack expiring after 1 day with one code used and one not; an invitation expiring after 1 day.
+    let (_, codes) = s.create_seat_pack(&org, &old, 2, 1, t0).await.unwrap();
+    s.redeem_seat(codes[0].as_str(), &users[2], t0).await.unwrap();
+    let _ = s.invite(&old, &users[0], 1, t0).await.unwrap();
+    let later = t0.plus_secs(86_400 + 10);
+    assert!(db.retention_due(Rule::ExpiredSeatCodes, later.0).await.unwrap().len() == 1, "the unused code only");
+    assert_eq!(db.retention_delete(Rule::ExpiredSeatCodes, later.0).await.unwrap().len(), 1);
+    assert_eq!(db.retention_delete(Rule::ExpiredSeatCodes, later.0).await.unwrap().len(), 0, "once");
+    assert_eq!(db.retention_delete(Rule::ExpiredInvitations, t0.0).await.unwrap().len(), 0, "not yet expired");
+    assert_eq!(db.retention_delete(Rule::ExpiredInvitations, later.0).await.unwrap().len(), 1);
+    // Enrollments: cutoff after the old course ended, before the live one will.
+    let gone = db.retention_delete(Rule::EndedCourseEnrollments, t0.plus_secs(8000).0).await.unwrap();
+    assert_eq!(gone.len(), 2, "the old course's two enrollments (free and seat): {gone:?}");
+    assert!(gone.iter().all(|id| id.starts_with(old.course.id.as_str())));
+    assert_eq!(s.course(&live.course.id).await.unwrap().students, vec![users[1].clone()]);
+    assert!(s.course(&old.course.id).await.unwrap().students.is_empty());
+}
+
 #[tokio::test]
 async fn sqlite_course_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open_sqlite(dir.path()).await.unwrap();
     let users = course_users(&db).await;
     cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    course_retention(&db, &users).await;
     // Erasing an account removes its roles and enrollments with it.
     assert!(db.account_store().erase_account(&users[2], UnixTime(200)).await.unwrap());
     let Database::Sqlite(p) = &db else { panic!("opened as SQLite") };
@@ -141,6 +184,7 @@ async fn postgres_course_store_conforms() {
     let db = Database::open_postgres(&url).await.unwrap();
     let users = course_users(&db).await;
     cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    course_retention(&db, &users).await;
     db.close().await;
 }
 

@@ -218,12 +218,12 @@ pub enum ErrorCode {
     RateLimited,
     /// 402: the course is paid and no payment provider is configured on this server.
     PaymentNotConfigured,
-    /// 404: no such seat code.
-    SeatCodeUnknown,
-    /// 409: the seat code was already used.
-    SeatCodeUsed,
-    /// 410: the seat code has expired.
-    SeatCodeExpired,
+    /// 404: no such seat or invitation code.
+    CodeUnknown,
+    /// 409: the seat or invitation code was already used.
+    CodeUsed,
+    /// 410: the seat or invitation code has expired.
+    CodeExpired,
     /// 409: the change would leave an org without an admin or a course without a teacher.
     LastOwner,
     /// 403: signed in, but the authorization policy does not allow this action on this resource.
@@ -253,9 +253,9 @@ impl ErrorCode {
         Self::InvalidToken,
         Self::RateLimited,
         Self::PaymentNotConfigured,
-        Self::SeatCodeUnknown,
-        Self::SeatCodeUsed,
-        Self::SeatCodeExpired,
+        Self::CodeUnknown,
+        Self::CodeUsed,
+        Self::CodeExpired,
         Self::LastOwner,
         Self::Forbidden,
         Self::NotFound,
@@ -279,9 +279,9 @@ impl ErrorCode {
             Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
             Self::PaymentNotConfigured => "payment_not_configured",
-            Self::SeatCodeUnknown => "seat_code_unknown",
-            Self::SeatCodeUsed => "seat_code_used",
-            Self::SeatCodeExpired => "seat_code_expired",
+            Self::CodeUnknown => "code_unknown",
+            Self::CodeUsed => "code_used",
+            Self::CodeExpired => "code_expired",
             Self::LastOwner => "last_owner",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
@@ -302,9 +302,9 @@ impl ErrorCode {
             Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => 401,
             Self::RateLimited => 429,
             Self::PaymentNotConfigured => 402,
-            Self::SeatCodeUnknown => 404,
-            Self::SeatCodeUsed | Self::LastOwner => 409,
-            Self::SeatCodeExpired => 410,
+            Self::CodeUnknown => 404,
+            Self::CodeUsed | Self::LastOwner => 409,
+            Self::CodeExpired => 410,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -553,6 +553,25 @@ pub struct RedeemSeat {
 pub struct TeacherProfileBody {
     /// The public display name for the catalog, 1-80 characters.
     pub display_name: String,
+}
+
+/// `POST /api/v1/courses/{id}/invitations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvitation {
+    /// Days until the invitation expires.
+    pub valid_days: i64,
+}
+
+/// An invitation, with its code (shown once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationOut {
+    /// The course.
+    pub course_id: String,
+    /// The single-use code to hand to the learner.
+    pub code: String,
+    /// RFC 3339.
+    pub expires_at: String,
 }
 
 #[cfg(test)]
