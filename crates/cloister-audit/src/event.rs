@@ -83,6 +83,13 @@ pub enum AuditEvent {
         /// Resource (`Course::"id"`, ...).
         resource: String,
     },
+    /// More denials of one principal than the log records one by one in an interval: their count.
+    AuthzDeniedSuppressed {
+        /// Principal.
+        principal: String,
+        /// Denials not recorded individually.
+        count: u64,
+    },
     /// The retention engine deleted (or in a dry run would delete) what was due in one class.
     RetentionRun {
         /// The policy id in policy/retention.toml.
@@ -121,6 +128,7 @@ impl AuditEvent {
             AuditEvent::SeatPackCreated { .. } => "seat_pack_created",
             AuditEvent::SeatRedeemed { .. } => "seat_redeemed",
             AuditEvent::AuthzDenied { .. } => "authz_denied",
+            AuditEvent::AuthzDeniedSuppressed { .. } => "authz_denied_suppressed",
             AuditEvent::RetentionRun { .. } => "retention_run",
             AuditEvent::KeyCustody { .. } => "key_custody",
         }

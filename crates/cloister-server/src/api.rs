@@ -91,7 +91,7 @@ impl AppState {
             Ok(d) if d.allowed => Ok(()),
             Ok(d) => {
                 let (principal, action, resource) = d.request;
-                self.audit.record_or_log(AuditEvent::AuthzDenied { principal, action, resource }, self.now_ms()).await;
+                self.audit.record_denial(principal, action, resource, self.now_ms()).await;
                 Err(ApiError::new(ErrorCode::Forbidden, "the authorization policy does not allow this"))
             }
             Err(e) => {

@@ -79,7 +79,18 @@ pub struct AuditLog {
     /// Sign-in attempts refused by the rate limiter since the last flush (one entry per interval, not per attempt,
     /// so an attacker cannot grow the log at will).
     throttled: AtomicU64,
+    /// Denials recorded this interval per principal; past [`DENIALS_PER_INTERVAL`] they are only counted.
+    denials: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Denial entries recorded one by one per principal and checkpoint interval; the rest become one
+/// `authz_denied_suppressed` entry with their count, so nobody can grow the log at will by asking for what they may
+/// not have.
+pub const DENIALS_PER_INTERVAL: u64 = 20;
+/// Principals tracked per interval; beyond it new principals' denials go into one shared count.
+const MAX_TRACKED_PRINCIPALS: usize = 10_000;
+/// The principal name the shared overflow count is recorded under.
+const OVERFLOW_PRINCIPAL: &str = "(many principals)";
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,7 +120,14 @@ impl AuditLog {
         }
         let entries = db.audit_all_entries().await?;
         let frontier = Frontier::from_leaves(&leaf_hashes(&entries));
-        Ok(Self { db, signer, origin, frontier: Mutex::new(frontier), throttled: AtomicU64::new(0) })
+        Ok(Self {
+            db,
+            signer,
+            origin,
+            frontier: Mutex::new(frontier),
+            throttled: AtomicU64::new(0),
+            denials: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
     }
 
     /// The log's public key.
@@ -150,13 +168,45 @@ impl AuditLog {
         }
     }
 
+    /// Records an authorization denial: one entry each for the first [`DENIALS_PER_INTERVAL`] of a principal in an
+    /// interval, counted after that (see [`AuditLog::flush_throttled`]).
+    pub async fn record_denial(&self, principal: String, action: String, resource: String, at_ms: i64) {
+        let record = {
+            let Ok(mut d) = self.denials.lock() else { return };
+            let overflow = d.len() >= MAX_TRACKED_PRINCIPALS && !d.contains_key(&principal);
+            let key = if overflow { OVERFLOW_PRINCIPAL.to_owned() } else { principal.clone() };
+            let n = d.entry(key).or_insert(0);
+            *n += 1;
+            !overflow && *n <= DENIALS_PER_INTERVAL
+        };
+        if record {
+            self.record_or_log(AuditEvent::AuthzDenied { principal, action, resource }, at_ms).await;
+        }
+    }
+
     /// Counts one throttled sign-in attempt (flushed as one entry per interval).
     pub fn count_throttled_sign_in(&self) {
         self.throttled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes the throttled-sign-in count as an entry if it is not zero.
+    /// Writes the throttled-sign-in count and the suppressed-denial counts as entries (when not zero), and starts a
+    /// new interval.
     pub async fn flush_throttled(&self, at_ms: i64) -> Result<(), AuditError> {
+        let denials = match self.denials.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => Default::default(),
+        };
+        let mut over: Vec<(String, u64)> = denials
+            .into_iter()
+            .filter_map(|(p, n)| {
+                let suppressed = if p == OVERFLOW_PRINCIPAL { n } else { n.saturating_sub(DENIALS_PER_INTERVAL) };
+                (suppressed > 0).then_some((p, suppressed))
+            })
+            .collect();
+        over.sort();
+        for (principal, count) in over {
+            self.record(AuditEvent::AuthzDeniedSuppressed { principal, count }, at_ms).await?;
+        }
         let n = self.throttled.swap(0, Ordering::Relaxed);
         if n > 0 {
             if let Err(e) = self.record(AuditEvent::SignInThrottled { scope: "login".into(), count: n }, at_ms).await {

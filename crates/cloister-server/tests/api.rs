@@ -502,3 +502,26 @@ async fn the_openapi_document_describes_exactly_the_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn denials_are_audited_but_cannot_grow_the_log_at_will() {
+    let h = harness().await;
+    let token = h.sign_up_and_log_in("mallory@example.org", "password-mm").await;
+    let (before, _) = h.state.audit.entries(0, 10_000).await.unwrap();
+    let n = cloister_server::audit::DENIALS_PER_INTERVAL + 30;
+    for _ in 0..n {
+        let r = h.call(Method::GET, "/api/v1/audit/checkpoint", Some(&token), None).await;
+        assert_error(&r, 403, "forbidden");
+    }
+    let (after, _) = h.state.audit.entries(0, 10_000).await.unwrap();
+    let denied = after.len() - before.len();
+    assert_eq!(denied as u64, cloister_server::audit::DENIALS_PER_INTERVAL, "one entry each up to the cap");
+    h.state.audit.flush_throttled(1).await.unwrap();
+    let (flushed, _) = h.state.audit.entries(0, 10_000).await.unwrap();
+    let last = String::from_utf8(flushed.last().unwrap().1.clone()).unwrap();
+    assert!(last.contains(r#""kind":"authz_denied_suppressed""#) && last.contains(r#""count":30"#), "{last}");
+    // A new interval records again.
+    let r = h.call(Method::GET, "/api/v1/audit/checkpoint", Some(&token), None).await;
+    assert_error(&r, 403, "forbidden");
+    assert_eq!(h.state.audit.entries(0, 10_000).await.unwrap().0.len(), flushed.len() + 1);
+}
