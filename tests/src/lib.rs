@@ -80,34 +80,9 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let stdout = std::fs::File::create(&self.stdout_path).unwrap();
-        let stderr = std::fs::File::create(&self.stderr_path).unwrap();
-        let mut cmd = Command::new(cloister_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.data_dir);
-        if !self.extra.iter().any(|a| a == "--https") {
-            cmd.arg("--plain-http");
+        if let Err(logs) = self.try_start() {
+            panic!("cloister exited before listening:\n{logs}");
         }
-        cmd.args(self.extra.iter().filter(|a| *a != "--https"));
-        if let Some(url) = &self.database_url {
-            cmd.args(["--database-url", url]);
-        }
-        // Log everything the server would ever log, so the canary tests see it all.
-        cmd.env("RUST_LOG", "debug").env_remove("CLOISTER_PEPPER").stdout(stdout).stderr(stderr).stdin(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
-            if let Some(line) = out.lines().find(|l| l.starts_with("listening on ")) {
-                self.base = line.trim_start_matches("listening on ").trim().to_owned();
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("cloister exited ({status}) before listening:\n{}", self.logs());
-            }
-            assert!(Instant::now() < deadline, "cloister did not listen within 60 s:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
     }
 
     /// Everything the server printed so far (stdout and stderr, across restarts).
@@ -178,11 +153,6 @@ impl Server {
         cmd.env_remove("CLOISTER_PEPPER").stdin(Stdio::null()).output().unwrap()
     }
 
-    /// Whether the server process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     /// Stops the server (SIGTERM, clean exit asserted) without starting it again.
     pub fn shut_down(&mut self) {
         let status = self.stop();
@@ -195,13 +165,17 @@ impl Server {
         let stdout = std::fs::File::create(&self.stdout_path).unwrap();
         let stderr = std::fs::File::create(&self.stderr_path).unwrap();
         let mut cmd = Command::new(cloister_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--plain-http", "--data-dir"]).arg(&self.data_dir);
-        cmd.args(&self.extra);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.data_dir);
+        if !self.extra.iter().any(|a| a == "--https") {
+            cmd.arg("--plain-http");
+        }
+        cmd.args(self.extra.iter().filter(|a| *a != "--https"));
         if let Some(url) = &self.database_url {
             cmd.args(["--database-url", url]);
         }
-        let mut child =
-            cmd.env_remove("CLOISTER_PEPPER").stdout(stdout).stderr(stderr).stdin(Stdio::null()).spawn().unwrap();
+        // Log everything the server would ever log, so the canary tests see it all.
+        cmd.env("RUST_LOG", "debug").env_remove("CLOISTER_PEPPER").stdout(stdout).stderr(stderr).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
@@ -210,10 +184,10 @@ impl Server {
                 self.child = Some(child);
                 return Ok(());
             }
-            if child.try_wait().unwrap().is_some() {
-                return Err(self.logs());
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exit {status}\n{}", self.logs()));
             }
-            assert!(Instant::now() < deadline, "cloister did not listen within 60 s");
+            assert!(Instant::now() < deadline, "cloister did not listen within 60 s:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

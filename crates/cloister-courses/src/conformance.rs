@@ -152,6 +152,10 @@ async fn bad_input_is_refused_with_the_field(store: &Arc<dyn CourseStore>, users
         ok.description = "nul\u{0}".into();
         assert!(s.create_course(None, &ok, &t, T0).await.is_err());
         assert!(s.set_display_name(&t, "  Dr. Ada  ").await.unwrap().display_name == "Dr. Ada");
+        let taught = s.create_course(None, &input("Named", 0, Visibility::Public), &t, T0).await.unwrap();
+        assert_eq!(s.teacher_names(&taught.id).await.unwrap(), vec!["Dr. Ada".to_owned()]);
+        assert!(s.set_display_name(&t, "Prof. Ada").await.is_ok(), "a name can change");
+        assert_eq!(s.teacher_names(&taught.id).await.unwrap(), vec!["Prof. Ada".to_owned()]);
         assert!(s.set_display_name(&t, "").await.is_err());
         assert!(s.create_org(&"o".repeat(MAX_NAME + 1), &t, T0).await.is_err());
     }

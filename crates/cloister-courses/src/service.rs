@@ -349,8 +349,8 @@ impl Courses {
         Ok(profile)
     }
 
-    /// A teacher's public display name.
-    pub async fn display_name(&self, user: &UserId) -> Result<Option<TeacherProfile>, CourseError> {
-        Ok(self.store.teacher_profile(user).await?)
+    /// The public display names of a course's teachers.
+    pub async fn teacher_names(&self, course: &CourseId) -> Result<Vec<String>, CourseError> {
+        Ok(self.store.teacher_names(course).await?)
     }
 }

@@ -87,8 +87,8 @@ pub trait CourseStore: Send + Sync {
 
     /// Sets a teacher's public display name.
     async fn set_teacher_profile(&self, profile: &TeacherProfile) -> Result<(), StoreError>;
-    /// A teacher's public display name.
-    async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError>;
+    /// The display names of a course's teachers who set one, sorted (one query for the catalog).
+    async fn teacher_names(&self, course: &CourseId) -> Result<Vec<String>, StoreError>;
 }
 
 #[derive(Default)]
@@ -327,7 +327,15 @@ impl CourseStore for MemoryStore {
         Ok(())
     }
 
-    async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError> {
-        Ok(self.lock()?.profiles.get(user).map(|n| TeacherProfile { user: user.clone(), display_name: n.clone() }))
+    async fn teacher_names(&self, course: &CourseId) -> Result<Vec<String>, StoreError> {
+        let i = self.lock()?;
+        let mut names: Vec<String> = i
+            .staff
+            .iter()
+            .filter(|((c, _), r)| c == course && **r == StaffRole::Teacher)
+            .filter_map(|((_, u), _)| i.profiles.get(u).cloned())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }

@@ -88,12 +88,7 @@ fn credential_identity(user_id: &str, device_id: &str) -> Vec<u8> {
 }
 
 fn parse_identity(credential: &Credential) -> Option<(String, String)> {
-    parse_identity_owned(credential.clone())
-}
-
-/// As [`parse_identity`], for a credential the caller owns (no copy).
-fn parse_identity_owned(credential: Credential) -> Option<(String, String)> {
-    let basic = BasicCredential::try_from(credential).ok()?;
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
     let s = std::str::from_utf8(basic.identity()).ok()?;
     let (u, d) = s.split_once('/')?;
     Some((u.to_owned(), d.to_owned()))
@@ -316,7 +311,44 @@ pub struct SessionGroup {
     last_committer: u32,
     /// `(user id, device id, fingerprint)` by signature key, so an epoch change parses and hashes only the leaves
     /// that are new (at 10,000 members the full rebuild was a third of processing a commit). Not persisted.
-    identities: std::collections::HashMap<Vec<u8>, CachedIdentity>,
+    identities: IdentityCache,
+}
+
+/// Parsed identities by signature key.
+type IdentityCache = std::collections::HashMap<Vec<u8>, CachedIdentity>;
+
+/// The roster from the tree's leaves, read by reference (openmls's `members()` copies every credential and key),
+/// reusing `cache` entries whose key still carries the same credential; returns the cache of current members.
+fn build_roster(group: &MlsGroup, mut cache: IdentityCache) -> (Vec<RosterEntry>, IdentityCache) {
+    let mut next = IdentityCache::with_capacity(cache.len());
+    let roster = group
+        .public_group()
+        .treesync()
+        .full_leaves()
+        .map(|(index, leaf)| {
+            let key = leaf.signature_key().as_slice();
+            let (key, c) = match cache.remove_entry(key).filter(|(_, c)| &c.credential == leaf.credential()) {
+                Some(hit) => hit,
+                None => {
+                    let (user_id, device_id) = parse_identity(leaf.credential()).unwrap_or_default();
+                    let fingerprint = fingerprint(key);
+                    (
+                        key.to_vec(),
+                        CachedIdentity { credential: leaf.credential().clone(), user_id, device_id, fingerprint },
+                    )
+                }
+            };
+            let entry = RosterEntry {
+                leaf: index.u32(),
+                user_id: c.user_id.clone(),
+                device_id: c.device_id.clone(),
+                fingerprint: c.fingerprint.clone(),
+            };
+            next.insert(key, c);
+            entry
+        })
+        .collect();
+    (roster, next)
 }
 
 /// A leaf's credential with what the roster shows of it.
@@ -479,53 +511,14 @@ impl SessionGroup {
         if switch_send {
             self.media.confirm_send_epoch(epoch).map_err(|e| GroupError::Internal(e.to_string()))?;
         }
-        let mut cache = std::mem::take(&mut self.identities);
-        let mut next = std::collections::HashMap::with_capacity(cache.len());
-        // The tree's leaves by reference (openmls's `members()` copies every credential and key).
-        let roster = self
-            .group
-            .public_group()
-            .treesync()
-            .full_leaves()
-            .map(|(index, leaf)| {
-                let key = leaf.signature_key().as_slice();
-                // Reuse only when the same key still carries the same credential.
-                let (key, c) = match cache.remove_entry(key).filter(|(_, c)| &c.credential == leaf.credential()) {
-                    Some(hit) => hit,
-                    None => {
-                        let (user_id, device_id) = parse_identity(leaf.credential()).unwrap_or_default();
-                        let fingerprint = fingerprint(key);
-                        let c =
-                            CachedIdentity { credential: leaf.credential().clone(), user_id, device_id, fingerprint };
-                        (key.to_vec(), c)
-                    }
-                };
-                let entry = RosterEntry {
-                    leaf: index.u32(),
-                    user_id: c.user_id.clone(),
-                    device_id: c.device_id.clone(),
-                    fingerprint: c.fingerprint.clone(),
-                };
-                next.insert(key, c);
-                entry
-            })
-            .collect();
-        // Only current members stay cached.
-        self.identities = next;
+        let (roster, identities) = build_roster(&self.group, std::mem::take(&mut self.identities));
+        self.identities = identities;
         Ok(self.info_for(roster))
     }
 
     /// The current epoch's roster, safety code and custody record.
     pub fn epoch_info(&self) -> EpochInfo {
-        let roster: Vec<RosterEntry> = self
-            .group
-            .members()
-            .map(|m| {
-                let fingerprint = fingerprint(&m.signature_key);
-                let (user_id, device_id) = parse_identity_owned(m.credential).unwrap_or_default();
-                RosterEntry { leaf: m.index.u32(), user_id, device_id, fingerprint }
-            })
-            .collect();
+        let (roster, _) = build_roster(&self.group, IdentityCache::new());
         self.info_for(roster)
     }
 

@@ -77,10 +77,7 @@ pub async fn audit_proof(args: &ProofArgs) -> anyhow::Result<()> {
 
 /// `cloister admin grant-reviewer USER_ID`.
 pub async fn grant_reviewer(args: &GrantArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(&args.common)?;
-    let signer = audit::load_key(&config.audit_key_file)?;
-    let db =
-        Database::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the database")?;
+    let (config, db, signer) = open(&args.common).await?;
     let result = async {
         let log = AuditLog::open(db.clone(), signer, config.audit_origin.clone()).await?;
         let now = crate::api::system_clock()().0;
@@ -112,10 +109,7 @@ pub async fn grant_reviewer(args: &GrantArgs) -> anyhow::Result<()> {
 /// `cloister retention run [--dry-run]`.
 pub async fn retention_run(args: &RetentionArgs) -> anyhow::Result<()> {
     let config = Config::resolve(&args.common)?;
-    let policy = match &config.policy_dir {
-        Some(dir) => cloister_policy::Policy::load(dir)?,
-        None => cloister_policy::Policy::embedded()?,
-    };
+    let policy = config.load_policy()?;
     let db =
         Database::open(config.database_url.as_deref(), &config.data_dir).await.context("cannot open the database")?;
     let result = async {

@@ -218,6 +218,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The authorization policy: from `--policy-dir`, or the files built into the binary.
+    pub fn load_policy(&self) -> anyhow::Result<cloister_policy::Policy> {
+        match &self.policy_dir {
+            Some(dir) => cloister_policy::Policy::load(dir)
+                .with_context(|| format!("cannot load the authorization policy from {}", dir.display())),
+            None => cloister_policy::Policy::embedded().context("the built-in authorization policy does not load"),
+        }
+    }
+
     /// Resolves flags/environment over the optional file over defaults, and checks the result.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
         let file: FileConfig = match &args.config {

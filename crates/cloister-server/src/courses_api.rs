@@ -7,7 +7,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
-use cloister_accounts::{UnixTime, UserId};
+use cloister_accounts::{Authenticated, UnixTime, UserId};
 use cloister_audit::AuditEvent;
 use cloister_courses::{
     Course, CourseError, CourseId, CourseInput, CourseRecord, LiveSession, OrgId, OrgRecord, OrgRole, RedeemError,
@@ -78,13 +78,8 @@ fn org_out(r: &OrgRecord) -> OrgOut {
     }
 }
 
-async fn course_out(state: &AppState, c: &Course, teachers: &[UserId]) -> Result<CourseOut, ApiError> {
-    let mut names = Vec::new();
-    for t in teachers {
-        if let Some(p) = state.courses.display_name(t).await? {
-            names.push(p.display_name);
-        }
-    }
+async fn course_out(state: &AppState, c: &Course) -> Result<CourseOut, ApiError> {
+    let names = state.courses.teacher_names(&c.id).await?;
     Ok(CourseOut {
         id: c.id.to_string(),
         org_id: c.org.as_ref().map(ToString::to_string),
@@ -175,10 +170,8 @@ pub async fn put_org_member(
     ApiPath((id, user)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<RoleBody>,
 ) -> Result<Json<OrgOut>, ApiError> {
-    let org = load_org(&state, &id).await?;
-    state.authorize(Some(&auth), Action::OrgManage, &Resource::Org(org.facts())).await?;
     let role = OrgRole::parse(&body.role).ok_or_else(|| invalid("role must be admin or member"))?;
-    set_org_role(&state, &auth.user_id, &org, &user_id(&user)?, Some(role)).await
+    set_org_role(&state, &auth, &id, &user, Some(role)).await
 }
 
 /// `DELETE /api/v1/orgs/{org_id}/members/{user_id}`
@@ -187,25 +180,27 @@ pub async fn delete_org_member(
     Auth(auth): Auth,
     ApiPath((id, user)): ApiPath<(String, String)>,
 ) -> Result<Json<OrgOut>, ApiError> {
-    let org = load_org(&state, &id).await?;
-    state.authorize(Some(&auth), Action::OrgManage, &Resource::Org(org.facts())).await?;
-    set_org_role(&state, &auth.user_id, &org, &user_id(&user)?, None).await
+    set_org_role(&state, &auth, &id, &user, None).await
 }
 
+/// Loads the org, asks Cedar for `org.manage`, changes the role and records it.
 async fn set_org_role(
     state: &AppState,
-    actor: &UserId,
-    org: &OrgRecord,
-    user: &UserId,
+    auth: &Authenticated,
+    org_id: &str,
+    user: &str,
     role: Option<OrgRole>,
 ) -> Result<Json<OrgOut>, ApiError> {
-    state.courses.set_org_role(org, user, role).await.map_err(|e| match e {
+    let org = load_org(state, org_id).await?;
+    state.authorize(Some(auth), Action::OrgManage, &Resource::Org(org.facts())).await?;
+    let user = user_id(user)?;
+    state.courses.set_org_role(&org, &user, role).await.map_err(|e| match e {
         // An account that does not exist cannot be given a role.
         CourseError::Store(_) => not_found(),
         other => other.into(),
     })?;
     let event = AuditEvent::RoleChanged {
-        actor: actor.to_string(),
+        actor: auth.user_id.to_string(),
         user: user.to_string(),
         role: role.map_or("org_none", |r| if r == OrgRole::Admin { "org_admin" } else { "org_member" }).into(),
         scope: org.org.id.to_string(),
@@ -234,7 +229,7 @@ pub async fn create_course(
         }
     };
     let course = state.courses.create_course(org.as_ref(), &input, &auth.user_id, (state.clock)()).await?;
-    let out = course_out(&state, &course, std::slice::from_ref(&auth.user_id)).await?;
+    let out = course_out(&state, &course).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -246,7 +241,7 @@ pub async fn get_course(
 ) -> Result<Json<CourseOut>, ApiError> {
     let c = load_course(&state, &id).await?;
     state.authorize(auth.as_ref(), Action::CourseRead, &Resource::Course(c.facts())).await?;
-    Ok(Json(course_out(&state, &c.course, &c.teachers).await?))
+    Ok(Json(course_out(&state, &c.course).await?))
 }
 
 /// `PUT /api/v1/courses/{course_id}`
@@ -262,7 +257,7 @@ pub async fn put_course(
         return Err(invalid("a course's org cannot change"));
     }
     let course = state.courses.update_course(&c, &input(&body)?).await?;
-    Ok(Json(course_out(&state, &course, &c.teachers).await?))
+    Ok(Json(course_out(&state, &course).await?))
 }
 
 /// `PUT /api/v1/courses/{course_id}/staff/{user_id}`
@@ -272,10 +267,8 @@ pub async fn put_staff(
     ApiPath((id, user)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<RoleBody>,
 ) -> Result<StatusCode, ApiError> {
-    let c = load_course(&state, &id).await?;
-    state.authorize(Some(&auth), Action::CourseManageStaff, &Resource::Course(c.facts())).await?;
     let role = StaffRole::parse(&body.role).ok_or_else(|| invalid("role must be teacher or ta"))?;
-    set_staff(&state, &auth.user_id, &c, &user_id(&user)?, Some(role)).await
+    set_staff(&state, &auth, &id, &user, Some(role)).await
 }
 
 /// `DELETE /api/v1/courses/{course_id}/staff/{user_id}`
@@ -284,24 +277,26 @@ pub async fn delete_staff(
     Auth(auth): Auth,
     ApiPath((id, user)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let c = load_course(&state, &id).await?;
-    state.authorize(Some(&auth), Action::CourseManageStaff, &Resource::Course(c.facts())).await?;
-    set_staff(&state, &auth.user_id, &c, &user_id(&user)?, None).await
+    set_staff(&state, &auth, &id, &user, None).await
 }
 
+/// Loads the course, asks Cedar for `course.manage_staff`, changes the role and records it.
 async fn set_staff(
     state: &AppState,
-    actor: &UserId,
-    c: &CourseRecord,
-    user: &UserId,
+    auth: &Authenticated,
+    course_id: &str,
+    user: &str,
     role: Option<StaffRole>,
 ) -> Result<StatusCode, ApiError> {
-    state.courses.set_staff(c, user, role).await.map_err(|e| match e {
+    let c = load_course(state, course_id).await?;
+    state.authorize(Some(auth), Action::CourseManageStaff, &Resource::Course(c.facts())).await?;
+    let user = user_id(user)?;
+    state.courses.set_staff(&c, &user, role).await.map_err(|e| match e {
         CourseError::Store(_) => not_found(),
         other => other.into(),
     })?;
     let event = AuditEvent::RoleChanged {
-        actor: actor.to_string(),
+        actor: auth.user_id.to_string(),
         user: user.to_string(),
         role: role.map_or("staff_none", StaffRole::as_str).into(),
         scope: c.course.id.to_string(),
@@ -429,9 +424,7 @@ pub async fn redeem_seat(
     Auth(auth): Auth,
     ApiJson(body): ApiJson<RedeemSeat>,
 ) -> Result<(StatusCode, Json<EnrollmentOut>), ApiError> {
-    // Holding a code is the entitlement; the policy still decides that a signed-in user may redeem one.
-    let resource = Resource::SeatPack { id: "by-code".into(), org: cloister_policy::OrgFacts::default() };
-    state.authorize(Some(&auth), Action::SeatRedeem, &resource).await?;
+    state.authorize(Some(&auth), Action::SeatRedeem, &Resource::Platform).await?;
     let pack = state.courses.redeem_seat(body.code.expose(), &auth.user_id, (state.clock)()).await?;
     let now = state.now_ms();
     state
@@ -506,8 +499,7 @@ pub async fn catalog(
     let (courses, total) = state.courses.catalog(q.q.as_deref(), q.page, per_page).await?;
     let mut out = Vec::with_capacity(courses.len());
     for c in &courses {
-        let teachers = state.courses.course(&c.id).await?.teachers;
-        out.push(course_out(&state, c, &teachers).await?);
+        out.push(course_out(&state, c).await?);
     }
     Ok(Json(CatalogPage { courses: out, total, page: q.page, per_page }))
 }

@@ -91,11 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot open the database")?;
     tracing::info!(backend = ?db.backend(), "database ready, migrations applied");
 
-    let policy = match &config.policy_dir {
-        Some(dir) => cloister_policy::Policy::load(dir)
-            .with_context(|| format!("cannot load the authorization policy from {}", dir.display()))?,
-        None => cloister_policy::Policy::embedded().context("the built-in authorization policy does not load")?,
-    };
+    let policy = config.load_policy()?;
     let (signer, key_created) = crate::audit::load_or_create_key(&config.audit_key_file)?;
     if key_created {
         tracing::info!(path = %config.audit_key_file.display(), "created a new audit signing key (mode 0600); back it up apart from the database");

@@ -459,13 +459,16 @@ macro_rules! sql_course_store {
                 Ok(())
             }
 
-            async fn teacher_profile(&self, user: &UserId) -> Result<Option<TeacherProfile>, StoreError> {
-                let row: Option<(String,)> = sqlx::query_as("SELECT display_name FROM teacher_profiles WHERE user_id = $1")
-                    .bind(user.as_str())
-                    .fetch_optional(&self.0)
-                    .await
-                    .map_err(backend)?;
-                Ok(row.map(|(display_name,)| TeacherProfile { user: user.clone(), display_name }))
+            async fn teacher_names(&self, course: &CourseId) -> Result<Vec<String>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT p.display_name FROM course_staff s JOIN teacher_profiles p ON p.user_id = s.user_id \
+                     WHERE s.course_id = $1 AND s.role = 'teacher' ORDER BY p.display_name",
+                )
+                .bind(course.as_str())
+                .fetch_all(&self.0)
+                .await
+                .map_err(backend)?;
+                Ok(rows.into_iter().map(|(n,)| n).collect())
             }
         }
     };
