@@ -52,6 +52,14 @@ pub fn verify_log(entries: &[Vec<u8>], checkpoints: &[SignedCheckpoint], public_
         }
     }
     parsed.sort_by_key(|c| (c.tree_size, c.time_ms));
+    // Two signed views of the same size that disagree: whoever holds the key showed different histories to
+    // different readers (a fork), whichever of them the stored entries match.
+    if let Some(w) = parsed.windows(2).find(|w| w[0].tree_size == w[1].tree_size && w[0].root != w[1].root) {
+        return Verdict::Broken(format!(
+            "the log was forked: checkpoints signed at {} ms and {} ms both cover {} entries with different roots",
+            w[0].time_ms, w[1].time_ms, w[0].tree_size
+        ));
+    }
     if let Some(cp) = parsed.last().filter(|c| c.tree_size > entries.len() as u64) {
         return Verdict::Broken(format!(
             "a checkpoint covers {} entries but the log holds {}: entries were removed",
@@ -151,6 +159,23 @@ mod tests {
         assert!(broken(&e, &cps).contains("first 7 entries"));
         // An entry removed from the end below a checkpoint.
         assert!(broken(&entries[..15], &cps).contains("entries were removed"));
+        // An entry dropped from the middle: the next one moves into its place.
+        let mut e = entries.clone();
+        e.remove(5);
+        assert!(broken(&e, &cps).contains("entry 5 says it is entry 6"));
+        // Truncated to below the first non-empty checkpoint.
+        assert!(broken(&entries[..3], &cps).contains("covers 16 entries but the log holds 3"));
+        // Truncated and then regrown with other entries of the same count: the signed roots no longer match.
+        let mut e = entries[..12].to_vec();
+        e.extend(log(20)[12..].iter().map(|b| String::from_utf8(b.clone()).unwrap().replace("u1", "x1").into_bytes()));
+        assert!(broken(&e, &cps).contains("first 16 entries do not hash"));
+        // A forked checkpoint: correctly signed, same size as a real one, over another history.
+        let mut other_history = entries.clone();
+        other_history[2] = String::from_utf8(other_history[2].clone()).unwrap().replace("u2", "u8").into_bytes();
+        let mut c = cps.clone();
+        c.push(sign_at(&signer, &other_history, 7));
+        let why = broken(&entries, &c);
+        assert!(why.contains("forked") && why.contains("both cover 7 entries"), "{why}");
         // Two entries swapped.
         let mut e = entries.clone();
         e.swap(10, 11);

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod inventory;
 pub mod retention;
 
 use cedar_policy::{
@@ -58,6 +59,9 @@ pub enum PolicyError {
     /// retention.toml is malformed.
     #[error("retention policy: {0}")]
     Retention(String),
+    /// The data-flow inventory is malformed or disagrees with retention.toml.
+    #[error("data-flow inventory: {0}")]
+    Inventory(String),
     /// A request or its entities do not fit the schema (a bug in the caller: the server builds them).
     #[error("authorization request does not fit the schema: {0}")]
     Request(String),
@@ -356,7 +360,8 @@ impl Policy {
                 .collect();
             return Err(PolicyError::Validation(all.join("; ")));
         }
-        let retention = retention::RetentionPolicy { classes: Vec::new(), automated: Vec::new() };
+        let retention =
+            retention::RetentionPolicy { classes: Vec::new(), info: Default::default(), automated: Vec::new() };
         Ok(Self { retention, policies, schema, authorizer: Authorizer::new(), digests: Vec::new() })
     }
 

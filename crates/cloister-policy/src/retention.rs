@@ -91,11 +91,26 @@ pub struct Due {
     pub cutoff: i64,
 }
 
+/// What retention.toml says of one class, for people (the record of processing quotes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// What the class holds.
+    pub description: String,
+    /// The time limit, as people read it ("6y", "until erased").
+    pub limit: String,
+    /// What starts or ends the clock.
+    pub trigger: String,
+    /// What deletes it.
+    pub enforced_by: String,
+}
+
 /// The parsed retention policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
     /// Every class name, automated or not.
     pub classes: Vec<String>,
+    /// Every class's description, limit, trigger and enforcement, by name.
+    pub info: BTreeMap<String, ClassInfo>,
     /// The automated ones.
     pub automated: Vec<AutomatedClass>,
 }
@@ -140,7 +155,20 @@ impl RetentionPolicy {
         if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(bad("two classes share a policy id".into()));
         }
-        Ok(Self { classes: file.class.keys().cloned().collect(), automated })
+        let info = file
+            .class
+            .into_iter()
+            .map(|(name, c)| {
+                let info = ClassInfo {
+                    description: c.description,
+                    limit: c.limit,
+                    trigger: c.trigger,
+                    enforced_by: c.enforced_by,
+                };
+                (name, info)
+            })
+            .collect::<BTreeMap<_, _>>();
+        Ok(Self { classes: info.keys().cloned().collect(), info, automated })
     }
 
     /// What is due at `now` (unix seconds), one entry per automated class.

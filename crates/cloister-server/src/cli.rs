@@ -2,7 +2,7 @@
 //! `cloister admin grant-reviewer USER_ID`. Each reads the same configuration as `serve` (flags, environment, file).
 
 use crate::audit::{self, AuditLog};
-use crate::config::{Config, GrantArgs, ProofArgs, RetentionArgs, ServeArgs};
+use crate::config::{Config, GrantArgs, InventoryArgs, ProofArgs, RetentionArgs, ServeArgs};
 use anyhow::{bail, Context as _};
 use cloister_audit::merkle::{self, leaf_hash};
 use cloister_audit::verify::{leaf_hashes, Verdict};
@@ -73,6 +73,26 @@ pub async fn audit_proof(args: &ProofArgs) -> anyhow::Result<()> {
     .await;
     db.close().await;
     result
+}
+
+/// `cloister audit inventory [--inventory FILE] [--out FILE]`: the record of processing, checked against the
+/// retention policy the server would run.
+pub fn audit_inventory(args: &InventoryArgs) -> anyhow::Result<()> {
+    let policy = Config::resolve(&args.common)?.load_policy()?;
+    let text = match &args.inventory {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => cloister_policy::inventory::EMBEDDED.to_owned(),
+    };
+    let inventory = cloister_policy::inventory::Inventory::parse(&text, policy.retention())?;
+    let record = inventory.record_of_processing(policy.retention());
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &record).with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {} ({} bytes)", path.display(), record.len());
+        }
+        None => print!("{record}"),
+    }
+    Ok(())
 }
 
 /// `cloister admin grant-reviewer USER_ID`.

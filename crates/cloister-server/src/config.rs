@@ -48,6 +48,23 @@ pub enum AuditCommand {
     Verify(Box<ServeArgs>),
     /// Print entry SEQ with its inclusion proof against the latest signed checkpoint, as JSON.
     Proof(Box<ProofArgs>),
+    /// Render the GDPR Art. 30 record of processing (audits/RECORD_OF_PROCESSING.md) from the data-flow inventory
+    /// and the retention policy.
+    Inventory(Box<InventoryArgs>),
+}
+
+/// `cloister audit inventory` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {
+    /// The data-flow inventory to render (default: the one built in, audits/data-inventory.toml).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// Write the record here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Where the retention policy is (--policy-dir; default the built-in one).
+    #[command(flatten)]
+    pub common: ServeArgs,
 }
 
 /// `cloister audit proof` arguments.

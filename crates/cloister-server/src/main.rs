@@ -20,6 +20,9 @@ fn main() -> ExitCode {
             Command::Audit { command: AuditCommand::Proof(args) } => {
                 cloister_server::cli::audit_proof(&args).await.map(|()| true)
             }
+            Command::Audit { command: AuditCommand::Inventory(args) } => {
+                cloister_server::cli::audit_inventory(&args).map(|()| true)
+            }
             Command::Retention { command: RetentionCommand::Run(args) } => {
                 cloister_server::cli::retention_run(&args).await.map(|()| true)
             }

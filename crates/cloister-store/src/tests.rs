@@ -4,7 +4,7 @@ use super::*;
 use cloister_accounts::{
     AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 fn account(email_byte: u8) -> AccountRecord {
@@ -211,71 +211,18 @@ async fn bad_database_url_is_refused() {
 
 // ---- the data-flow inventory ----
 
-#[derive(serde::Deserialize)]
-struct Inventory {
-    table: Vec<InvTable>,
-}
-#[derive(serde::Deserialize)]
-struct InvTable {
-    name: String,
-    purpose: String,
-    column: Vec<InvColumn>,
-}
-#[derive(serde::Deserialize)]
-struct InvColumn {
-    name: String,
-    class: String,
-    retention: String,
-    readers: Vec<String>,
-    purpose: String,
-}
-#[derive(serde::Deserialize)]
-struct Retention {
-    class: BTreeMap<String, toml::Value>,
-}
-
-const DATA_CLASSES: &[&str] = &[
-    "pseudonymous_id",
-    "keyed_hash",
-    "password_hash",
-    "secret_hash",
-    "ciphertext",
-    "operational_metadata",
-    "audit_metadata",
-    "org_metadata",
-    "public",
-];
-
 fn repo_file(rel: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// The columns `audits/data-inventory.toml` lists, after cloister-policy's checks (known data and retention
+/// classes, readers and purpose, no duplicates).
 fn inventory_columns() -> BTreeSet<(String, String)> {
-    let inv: Inventory = toml::from_str(&repo_file("audits/data-inventory.toml")).unwrap();
-    let retention: Retention = toml::from_str(&repo_file("policy/retention.toml")).unwrap();
-    let mut out = BTreeSet::new();
-    for t in &inv.table {
-        assert!(!t.purpose.trim().is_empty(), "table {} has no purpose", t.name);
-        for c in &t.column {
-            assert!(DATA_CLASSES.contains(&c.class.as_str()), "{}.{}: unknown class {}", t.name, c.name, c.class);
-            assert!(
-                retention.class.contains_key(&c.retention),
-                "{}.{}: retention class {} not in policy/retention.toml",
-                t.name,
-                c.name,
-                c.retention
-            );
-            assert!(
-                !c.readers.is_empty() && !c.purpose.trim().is_empty(),
-                "{}.{}: readers and purpose",
-                t.name,
-                c.name
-            );
-            assert!(out.insert((t.name.clone(), c.name.clone())), "{}.{} listed twice", t.name, c.name);
-        }
-    }
-    out
+    let retention = cloister_policy::retention::RetentionPolicy::parse(&repo_file("policy/retention.toml")).unwrap();
+    cloister_policy::inventory::Inventory::parse(&repo_file("audits/data-inventory.toml"), &retention)
+        .unwrap()
+        .columns()
 }
 
 fn check_schema_against_inventory(schema: Vec<(String, String)>, backend: &str) {
