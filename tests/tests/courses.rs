@@ -189,6 +189,25 @@ async fn scenario(backend: Backend) {
     let (st, c) = call(&s, Some(&member), M::GET, &format!("/api/v1/courses/{oc_id}"), None).await;
     assert_eq!(st, 200, "{c}");
 
+    // Deletion: only a course's teachers (or its org's admins) delete it, with everything of it; an org's admins
+    // delete the org with its courses.
+    let free_course = format!("/api/v1/courses/{free_id}");
+    assert_eq!(call(&s, Some(&learner), M::DELETE, &free_course, None).await.0, 403);
+    assert_eq!(call(&s, Some(&admin), M::DELETE, &free_course, None).await.0, 403, "not the admin's org");
+    assert_eq!(call(&s, Some(&teacher), M::DELETE, "/api/v1/courses/not-an-id", None).await.0, 404);
+    assert_eq!(call(&s, Some(&teacher), M::DELETE, &free_course, None).await.0, 204);
+    assert_eq!(call(&s, Some(&teacher), M::GET, &free_course, None).await.0, 404);
+    assert_eq!(call(&s, Some(&learner), M::GET, &live, None).await.0, 404, "its live sessions went with it");
+    assert_eq!(call(&s, Some(&teacher), M::DELETE, &free_course, None).await.0, 404, "once");
+    let org_path = format!("/api/v1/orgs/{org_id}");
+    assert_eq!(call(&s, Some(&member), M::DELETE, &org_path, None).await.0, 403);
+    assert_eq!(call(&s, Some(&outsider), M::DELETE, &org_path, None).await.0, 403);
+    assert_eq!(call(&s, Some(&admin), M::DELETE, &org_path, None).await.0, 204);
+    assert_eq!(call(&s, Some(&admin), M::GET, &org_path, None).await.0, 404);
+    assert_eq!(call(&s, Some(&member), M::GET, &format!("/api/v1/courses/{oc_id}"), None).await.0, 404);
+    let (_, page) = call(&s, None, M::GET, "/api/v1/catalog", None).await;
+    assert_eq!(page["total"].as_u64(), Some(1), "the paid course is left");
+
     // Everything above left its trace, and the log verifies.
     s.shut_down();
     let out = s.cli(&["audit", "verify"]);
@@ -197,10 +216,26 @@ async fn scenario(backend: Backend) {
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT entry FROM audit_entries ORDER BY seq").fetch_all(pool).await.unwrap();
         rows.into_iter().map(|(e,)| String::from_utf8(e).unwrap()).collect::<Vec<_>>().join("\n")
     });
-    for kind in ["enrolled", "seat_pack_created", "seat_redeemed", "role_changed", "authz_denied"] {
+    for kind in [
+        "enrolled",
+        "seat_pack_created",
+        "seat_redeemed",
+        "role_changed",
+        "authz_denied",
+        "course_deleted",
+        "org_deleted",
+    ] {
         assert!(text.contains(&format!("\"kind\":\"{kind}\"")), "{kind} missing");
     }
     assert!(!text.contains(&code0), "seat codes never reach the audit log");
+    assert!(
+        text.contains(&format!(
+            "\"kind\":\"course_deleted\",\"actor\":\"{}\",\"course\":\"{free_id}\",\"enrollments\":1",
+            teacher.id
+        )),
+        "the free course's deletion names its one enrollment"
+    );
+    assert!(text.contains(&format!("\"course\":\"{oc_id}\"")) && text.contains(&format!("\"org\":\"{org_id}\"")));
     assert!(!text.contains("Dr. Tee") && !text.contains("example.org"), "no names or emails in the audit log");
 }
 

@@ -4,6 +4,7 @@ use crate::throttle::{Throttle, ThrottleConfig, ThrottleKey};
 use crate::token::{RecoveryCode, SessionToken, TokenHash, UserId};
 use crate::{normalize_email, EmailHasher, UnixTime};
 use async_trait::async_trait;
+use cloister_audit::{AuditEvent, Evidence};
 use cloister_wire::{Credentials, Export, ExportAccount, ExportSession, RecoverRequest};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -193,7 +194,9 @@ impl Accounts {
             created_at: now,
             updated_at: now,
         };
-        match self.store.insert_account(&account).await {
+        let evidence =
+            Evidence::of(now.as_millis(), [AuditEvent::AccountCreated { user: account.user_id.to_string() }]);
+        match self.store.insert_account(&account, &evidence).await {
             Ok(()) => Ok((account.user_id, recovery)),
             Err(StoreError::Conflict) => Err(AccountError::EmailTaken),
             Err(e) => Err(e.into()),
@@ -316,9 +319,11 @@ impl Accounts {
         })
     }
 
-    /// Erases the caller's account and sessions (GDPR Art. 17) and records that it happened.
+    /// Erases the caller's account and sessions (GDPR Art. 17) and records that it happened (an erasure row and an
+    /// audit entry, in the same transaction).
     pub async fn erase(&self, auth: &Authenticated, now: UnixTime) -> Result<(), AccountError> {
-        if self.store.erase_account(&auth.user_id, now).await? {
+        let evidence = Evidence::of(now.as_millis(), [AuditEvent::AccountErased { user: auth.user_id.to_string() }]);
+        if self.store.erase_account(&auth.user_id, now, &evidence).await? {
             Ok(())
         } else {
             Err(AccountError::InvalidToken)

@@ -1,5 +1,6 @@
 use crate::{TokenHash, UnixTime, UserId};
 use async_trait::async_trait;
+use cloister_audit::Evidence;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -53,11 +54,12 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Where accounts and sessions live. Every method is one atomic change: it happens whole or not at all.
+/// Where accounts and sessions live. Every method is one atomic change: it happens whole or not at all. Methods that
+/// take [`Evidence`] write it to the audit log in the same transaction, and only when the change happens.
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
     /// Inserts an account; [`StoreError::Conflict`] when the email hash or id is taken.
-    async fn insert_account(&self, account: &AccountRecord) -> Result<(), StoreError>;
+    async fn insert_account(&self, account: &AccountRecord, evidence: &Evidence) -> Result<(), StoreError>;
     /// The account with this email hash, if any.
     async fn account_by_email(&self, email_hmac: &[u8; 32]) -> Result<Option<AccountRecord>, StoreError>;
     /// The account with this id, if any.
@@ -89,7 +91,7 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn sessions_of(&self, user_id: &UserId) -> Result<Vec<SessionRecord>, StoreError>;
     /// Deletes the account and all its sessions, and records the erasure (id and time), in one transaction.
     /// Returns false when the account did not exist.
-    async fn erase_account(&self, user_id: &UserId, now: UnixTime) -> Result<bool, StoreError>;
+    async fn erase_account(&self, user_id: &UserId, now: UnixTime, evidence: &Evidence) -> Result<bool, StoreError>;
     /// Whether this id was erased.
     async fn was_erased(&self, user_id: &UserId) -> Result<bool, StoreError>;
     /// Deletes sessions with `expires_at <= now`; returns how many.
@@ -101,6 +103,7 @@ struct Tables {
     accounts: HashMap<UserId, AccountRecord>,
     sessions: HashMap<TokenHash, SessionRecord>,
     erasures: HashMap<UserId, UnixTime>,
+    audit: Vec<Vec<u8>>,
 }
 
 /// An in-memory [`AccountStore`] for tests and simulations.
@@ -115,6 +118,11 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The audit entries written with changes, as stored bytes.
+    pub fn audit_entries(&self) -> Vec<Vec<u8>> {
+        self.lock().audit.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // A poisoned lock only means a test panicked mid-call; the maps are still consistent (every change is one
         // insert or remove), so continue.
@@ -124,13 +132,14 @@ impl MemoryStore {
 
 #[async_trait]
 impl AccountStore for MemoryStore {
-    async fn insert_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
+    async fn insert_account(&self, account: &AccountRecord, evidence: &Evidence) -> Result<(), StoreError> {
         let mut t = self.lock();
         if t.accounts.contains_key(&account.user_id) || t.accounts.values().any(|a| a.email_hmac == account.email_hmac)
         {
             return Err(StoreError::Conflict);
         }
         t.accounts.insert(account.user_id.clone(), account.clone());
+        evidence.append_to(&mut t.audit);
         Ok(())
     }
 
@@ -200,13 +209,14 @@ impl AccountStore for MemoryStore {
         Ok(v)
     }
 
-    async fn erase_account(&self, user_id: &UserId, now: UnixTime) -> Result<bool, StoreError> {
+    async fn erase_account(&self, user_id: &UserId, now: UnixTime, evidence: &Evidence) -> Result<bool, StoreError> {
         let mut t = self.lock();
         if t.accounts.remove(user_id).is_none() {
             return Ok(false);
         }
         t.sessions.retain(|_, s| &s.user_id != user_id);
         t.erasures.insert(user_id.clone(), now);
+        evidence.append_to(&mut t.audit);
         Ok(true)
     }
 

@@ -5,6 +5,11 @@ use std::fmt;
 pub struct UnixTime(pub i64);
 
 impl UnixTime {
+    /// The same instant in Unix milliseconds (the audit log's unit).
+    pub fn as_millis(self) -> i64 {
+        self.0.saturating_mul(1000)
+    }
+
     /// This time plus `secs` seconds (saturating).
     pub fn plus_secs(self, secs: i64) -> Self {
         Self(self.0.saturating_add(secs))

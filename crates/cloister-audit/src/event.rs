@@ -102,6 +102,22 @@ pub enum AuditEvent {
         /// by guessing; the count and the commitment show a run happened).
         commitment: String,
     },
+    /// A course was deleted with its sessions, staff roles, enrollments, seat packs and invitations.
+    CourseDeleted {
+        /// Who deleted it.
+        actor: String,
+        /// Course id.
+        course: String,
+        /// Enrollments removed with it.
+        enrollments: u64,
+    },
+    /// An org was deleted with its roles, courses (as [`AuditEvent::CourseDeleted`] each) and seat packs.
+    OrgDeleted {
+        /// Who deleted it.
+        actor: String,
+        /// Org id.
+        org: String,
+    },
     /// An MLS epoch's key-custody record for a live session.
     KeyCustody {
         /// Live session id.
@@ -130,6 +146,8 @@ impl AuditEvent {
             AuditEvent::AuthzDenied { .. } => "authz_denied",
             AuditEvent::AuthzDeniedSuppressed { .. } => "authz_denied_suppressed",
             AuditEvent::RetentionRun { .. } => "retention_run",
+            AuditEvent::CourseDeleted { .. } => "course_deleted",
+            AuditEvent::OrgDeleted { .. } => "org_deleted",
             AuditEvent::KeyCustody { .. } => "key_custody",
         }
     }
@@ -159,6 +177,53 @@ impl AuditEntry {
     }
 }
 
+/// Audit events that a store writes in the same transaction as the change they record, so that no change stands
+/// without its entry and no entry without its change. The store places them after the last stored entry, under its
+/// write lock, and encodes them there ([`Evidence::encode`]); the running log reads them back from storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// When the change happened (Unix ms).
+    pub at_ms: i64,
+    /// What to record, in order.
+    pub events: Vec<AuditEvent>,
+}
+
+impl Evidence {
+    /// Nothing to record (tests, and changes a reviewer need not see).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// `events` at `at_ms`.
+    pub fn of(at_ms: i64, events: impl IntoIterator<Item = AuditEvent>) -> Self {
+        Self { at_ms, events: events.into_iter().collect() }
+    }
+
+    /// Whether there is nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The stored bytes of the entries at positions `first_seq, first_seq + 1, ..`, timed no earlier than
+    /// `not_before_ms` (the last stored entry's time: concurrent writers may commit out of clock order, and the log's
+    /// times never go backwards).
+    pub fn encode(&self, first_seq: u64, not_before_ms: i64) -> Vec<Vec<u8>> {
+        let at_ms = self.at_ms.max(not_before_ms);
+        self.events
+            .iter()
+            .zip(first_seq..)
+            .map(|(event, seq)| AuditEntry { seq, at_ms, event: event.clone() }.encode())
+            .collect()
+    }
+
+    /// Appends the entries to an in-memory log (the memory stores' audit table).
+    pub fn append_to(&self, log: &mut Vec<Vec<u8>>) {
+        let not_before = log.last().and_then(|b| AuditEntry::decode(b)).map_or(i64::MIN, |e| e.at_ms);
+        let rows = self.encode(log.len() as u64, not_before);
+        log.extend(rows);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -175,5 +240,18 @@ mod tests {
         assert_eq!(AuditEntry::decode(&e.encode()).unwrap(), e);
         assert_eq!(e.event.kind(), "seat_redeemed");
         assert!(AuditEntry::decode(br#"{"seq":3,"at_ms":5,"event":{"kind":"chat","text":"x"}}"#).is_none());
+    }
+
+    #[test]
+    fn evidence_is_placed_in_order_and_never_goes_back_in_time() {
+        let ev = Evidence::of(
+            100,
+            [AuditEvent::AccountCreated { user: "a".into() }, AuditEvent::AccountErased { user: "a".into() }],
+        );
+        let rows: Vec<AuditEntry> = ev.encode(7, 50).iter().map(|b| AuditEntry::decode(b).unwrap()).collect();
+        assert_eq!((rows[0].seq, rows[0].at_ms, rows[1].seq, rows[1].at_ms), (7, 100, 8, 100));
+        let later = ev.encode(0, 250);
+        assert_eq!(AuditEntry::decode(&later[1]).unwrap().at_ms, 250);
+        assert!(Evidence::none().encode(3, 0).is_empty());
     }
 }

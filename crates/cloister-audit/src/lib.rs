@@ -17,5 +17,5 @@ pub mod merkle;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
-pub use event::{AuditEntry, AuditEvent};
+pub use event::{AuditEntry, AuditEvent, Evidence};
 pub use merkle::{Frontier, Hash};

@@ -5,6 +5,8 @@
 
 use crate::*;
 use cloister_accounts::{UnixTime, UserId};
+use cloister_audit::{AuditEntry, AuditEvent};
+use std::future::Future;
 use std::sync::Arc;
 
 const T0: UnixTime = UnixTime(1_800_000_000);
@@ -13,13 +15,114 @@ fn svc(store: &Arc<dyn CourseStore>) -> Courses {
     Courses::new(store.clone(), Arc::new(PaymentsNotConfigured), CoursesConfig::default())
 }
 
-/// Runs every case; `users` holds at least 4 ids of existing accounts.
-pub async fn run_all(store: Arc<dyn CourseStore>, users: &[UserId]) {
+/// Runs every case; `users` holds at least 4 ids of existing accounts; `audit` reads the store's audit entries.
+pub async fn run_all<F, Fut>(store: Arc<dyn CourseStore>, users: &[UserId], audit: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<Vec<u8>>>,
+{
     org_course_seat_pack_and_redemption(&store, users).await;
     free_enrollment_staff_and_sessions(&store, users).await;
     bad_input_is_refused_with_the_field(&store, users).await;
     catalog_searches_public_courses_and_pages(&store, users).await;
     invitations_enroll_once_until_they_expire(&store, users).await;
+    every_change_is_stored_with_its_audit_entries_and_failures_with_none(&store, users, &audit).await;
+}
+
+/// The kinds of the entries written since `from`; checks the log is contiguous and well formed.
+async fn kinds_since<F, Fut>(audit: &F, from: usize) -> (Vec<String>, usize)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<Vec<u8>>>,
+{
+    let all = audit().await;
+    let entries: Vec<AuditEntry> = all.iter().map(|b| AuditEntry::decode(b).expect("well-formed entry")).collect();
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as u64, "the log is contiguous");
+    }
+    let kinds = entries[from..].iter().map(|e| e.event.kind().to_owned()).collect();
+    (kinds, entries.len())
+}
+
+async fn every_change_is_stored_with_its_audit_entries_and_failures_with_none<F, Fut>(
+    store: &Arc<dyn CourseStore>,
+    users: &[UserId],
+    audit: &F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<Vec<u8>>>,
+{
+    let s = svc(store);
+    let (admin, teacher, learner, other) = (&users[0], &users[1], &users[2], &users[3]);
+    let (_, mut at) = kinds_since(audit, 0).await;
+    // The kinds of the entries written since the last check are exactly these.
+    macro_rules! expect {
+        ($want:expr) => {{
+            let (kinds, len) = kinds_since(audit, at).await;
+            let want: &[&str] = &$want;
+            assert_eq!(kinds, want);
+            at = len;
+        }};
+    }
+    let org = s.create_org("Evidence Inc", admin, T0).await.unwrap();
+    let org = s.org(&org.id).await.unwrap();
+    expect!(["role_changed"]);
+    s.set_org_role(&org, admin, learner, Some(OrgRole::Member), T0).await.unwrap();
+    expect!(["role_changed"]);
+    assert!(s.set_org_role(&org, admin, admin, None, T0).await.is_err());
+    expect!([]);
+    let course = s.create_course(Some(&org.org.id), &input("Audited", 0, Visibility::Org), teacher, T0).await.unwrap();
+    let record = s.course(&course.id).await.unwrap();
+    expect!(["role_changed"]);
+    s.set_staff(&record, teacher, other, Some(StaffRole::Ta), T0).await.unwrap();
+    expect!(["role_changed"]);
+    assert!(s.enroll_free(&record, learner, T0).await.unwrap());
+    expect!(["enrolled"]);
+    assert!(!s.enroll_free(&record, learner, T0).await.unwrap());
+    expect!([]);
+    let (_, codes) = s.create_seat_pack(&org, &record, 1, 30, admin, T0).await.unwrap();
+    expect!(["seat_pack_created"]);
+    s.redeem_seat(codes[0].as_str(), other, T0).await.unwrap();
+    expect!(["seat_redeemed", "enrolled"]);
+    assert!(s.redeem_seat(codes[0].as_str(), learner, T0).await.is_err());
+    expect!([]);
+    let (code, _) = s.invite(&record, teacher, 3, T0).await.unwrap();
+    s.redeem_invitation(code.as_str(), admin, T0).await.unwrap();
+    expect!(["enrolled"]);
+    assert!(s.redeem_invitation(code.as_str(), admin, T0).await.is_err());
+    expect!([]);
+
+    // A course deletion takes everything of the course with it and says how many enrollments went.
+    let record = s.course(&course.id).await.unwrap();
+    s.schedule_session(&record, T0.plus_secs(3600), T0.plus_secs(7200), 10, T0).await.unwrap();
+    s.delete_course(&record, admin, T0).await.unwrap();
+    let stored = audit().await;
+    let last = AuditEntry::decode(stored.last().unwrap()).unwrap();
+    assert!(
+        matches!(&last.event, AuditEvent::CourseDeleted { enrollments: 3, course: c, .. } if *c == course.id.to_string()),
+        "{last:?}"
+    );
+    expect!(["course_deleted"]);
+    assert!(matches!(s.course(&course.id).await, Err(CourseError::NotFound)));
+    assert!(s.sessions(&course.id).await.unwrap().is_empty());
+    assert!(s.seat_packs(&org.org.id).await.unwrap().is_empty(), "the course's seat packs went with it");
+    assert!(matches!(s.delete_course(&record, admin, T0).await, Err(CourseError::NotFound)));
+    expect!([]);
+
+    // An org deletion takes its courses along, each recorded.
+    let a = s.create_course(Some(&org.org.id), &input("A", 0, Visibility::Org), teacher, T0).await.unwrap();
+    let b = s.create_course(Some(&org.org.id), &input("B", 0, Visibility::Org), teacher, T0).await.unwrap();
+    let ra = s.course(&a.id).await.unwrap();
+    s.create_seat_pack(&org, &ra, 2, 30, admin, T0).await.unwrap();
+    expect!(["role_changed", "role_changed", "seat_pack_created"]);
+    s.delete_org(&org, admin, T0).await.unwrap();
+    expect!(["course_deleted", "course_deleted", "org_deleted"]);
+    assert!(matches!(s.org(&org.org.id).await, Err(CourseError::NotFound)));
+    assert!(matches!(s.course(&a.id).await, Err(CourseError::NotFound)));
+    assert!(matches!(s.course(&b.id).await, Err(CourseError::NotFound)));
+    assert!(matches!(s.delete_org(&org, admin, T0).await, Err(CourseError::NotFound)));
+    expect!([]);
+    assert!(at >= 17, "every change above left its entries");
 }
 
 async fn invitations_enroll_once_until_they_expire(store: &Arc<dyn CourseStore>, users: &[UserId]) {
@@ -59,8 +162,8 @@ async fn org_course_seat_pack_and_redemption(store: &Arc<dyn CourseStore>, users
         assert_eq!(org.name, "Acme Corp");
         let org = s.org(&org.id).await.unwrap();
         assert_eq!(org.admins, vec![admin.clone()]);
-        s.set_org_role(&org, &learner, Some(OrgRole::Member)).await.unwrap();
-        assert!(matches!(s.set_org_role(&org, &admin, None).await, Err(CourseError::LastAdmin)));
+        s.set_org_role(&org, &admin, &learner, Some(OrgRole::Member), T0).await.unwrap();
+        assert!(matches!(s.set_org_role(&org, &admin, &admin, None, T0).await, Err(CourseError::LastAdmin)));
         let org = s.org(&org.org.id).await.unwrap();
         assert_eq!(org.facts().members, vec![learner.to_string()]);
 
@@ -75,7 +178,7 @@ async fn org_course_seat_pack_and_redemption(store: &Arc<dyn CourseStore>, users
         assert!(matches!(s.enroll_free(&record, &learner, T0).await, Err(CourseError::NotFree)));
         assert!(matches!(s.purchase(&record, &learner).await, Err(CourseError::PaymentNotConfigured)));
 
-        let (pack, codes) = s.create_seat_pack(&org, &record, 2, 30, T0).await.unwrap();
+        let (pack, codes) = s.create_seat_pack(&org, &record, 2, 30, &admin, T0).await.unwrap();
         assert_eq!(codes.len(), 2);
         assert_ne!(codes[0].as_str(), codes[1].as_str());
         assert!(!format!("{:?}", codes[0]).contains(codes[0].as_str()), "codes never print");
@@ -94,9 +197,9 @@ async fn org_course_seat_pack_and_redemption(store: &Arc<dyn CourseStore>, users
         assert_eq!(s.course(&course.id).await.unwrap().students, vec![learner.clone()]);
         assert_eq!(s.seat_packs(&org.org.id).await.unwrap()[0].1, 1, "one code used");
         // Bad packs.
-        assert!(s.create_seat_pack(&org, &record, 0, 30, T0).await.is_err());
-        assert!(s.create_seat_pack(&org, &record, 1, 0, T0).await.is_err());
-        assert!(s.create_seat_pack(&org, &record, 5000, 30, T0).await.is_err());
+        assert!(s.create_seat_pack(&org, &record, 0, 30, &admin, T0).await.is_err());
+        assert!(s.create_seat_pack(&org, &record, 1, 0, &admin, T0).await.is_err());
+        assert!(s.create_seat_pack(&org, &record, 5000, 30, &admin, T0).await.is_err());
     }
 }
 
@@ -108,8 +211,8 @@ async fn free_enrollment_staff_and_sessions(store: &Arc<dyn CourseStore>, users:
         let r = s.course(&c.id).await.unwrap();
         assert!(s.enroll_free(&r, &learner, T0).await.unwrap());
         assert!(!s.enroll_free(&r, &learner, T0).await.unwrap(), "twice is a no-op");
-        s.set_staff(&r, &ta, Some(StaffRole::Ta)).await.unwrap();
-        assert!(matches!(s.set_staff(&r, &teacher, None).await, Err(CourseError::LastTeacher)));
+        s.set_staff(&r, &teacher, &ta, Some(StaffRole::Ta), T0).await.unwrap();
+        assert!(matches!(s.set_staff(&r, &teacher, &teacher, None, T0).await, Err(CourseError::LastTeacher)));
         let r = s.course(&c.id).await.unwrap();
         assert_eq!((r.tas.clone(), r.students.clone()), (vec![ta], vec![learner]));
         let session = s.schedule_session(&r, T0.plus_secs(3600), T0.plus_secs(7200), 30, T0).await.unwrap();

@@ -21,7 +21,10 @@ pub use service::{
     Checkout, CourseError, CourseInput, Courses, CoursesConfig, PaymentProvider, PaymentsNotConfigured,
     MAX_DESCRIPTION, MAX_NAME, MAX_QUERY, MAX_TITLE,
 };
-pub use store::{CourseStore, MemoryStore, RedeemError};
+pub use store::{
+    CourseDeletionEvidence, CourseStore, InvitationEvidence, MemoryStore, OrgDeletionEvidence, RedeemError,
+    SeatEvidence,
+};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use crate::model::*;
 use crate::store::{CourseStore, RedeemError};
 use async_trait::async_trait;
 use cloister_accounts::{StoreError, UnixTime, UserId};
+use cloister_audit::{AuditEvent, Evidence};
 use std::sync::Arc;
 
 /// Limits.
@@ -114,7 +115,23 @@ pub const MAX_NAME: usize = 80;
 /// Catalog search text limit in characters.
 pub const MAX_QUERY: usize = 100;
 
-/// The course service.
+/// A role change as the audit log records it.
+fn role_changed(actor: &UserId, user: &UserId, role: &str, scope: &str, granted: bool) -> AuditEvent {
+    AuditEvent::RoleChanged {
+        actor: actor.to_string(),
+        user: user.to_string(),
+        role: role.to_owned(),
+        scope: scope.to_owned(),
+        granted,
+    }
+}
+
+fn course_deleted(actor: &UserId, course: &CourseId, enrollments: u64) -> AuditEvent {
+    AuditEvent::CourseDeleted { actor: actor.to_string(), course: course.to_string(), enrollments }
+}
+
+/// The course service. Every change a reviewer must see (roles, enrollments, seat packs and redemptions,
+/// deletions) is stored together with its audit entry, in one transaction.
 pub struct Courses {
     store: Arc<dyn CourseStore>,
     payments: Arc<dyn PaymentProvider>,
@@ -130,7 +147,8 @@ impl Courses {
     /// Creates an org; `admin` becomes its first admin.
     pub async fn create_org(&self, name: &str, admin: &UserId, now: UnixTime) -> Result<Org, CourseError> {
         let org = Org { id: OrgId::random(), name: clean_text("name", name, MAX_NAME, false)?, created_at: now };
-        self.store.insert_org(&org, admin).await?;
+        let evidence = Evidence::of(now.as_millis(), [role_changed(admin, admin, "org_admin", org.id.as_str(), true)]);
+        self.store.insert_org(&org, admin, &evidence).await?;
         Ok(org)
     }
 
@@ -139,13 +157,54 @@ impl Courses {
         self.store.org(id).await?.ok_or(CourseError::NotFound)
     }
 
-    /// Sets or removes a role in an org. An org never loses its last admin.
-    pub async fn set_org_role(&self, org: &OrgRecord, user: &UserId, role: Option<OrgRole>) -> Result<(), CourseError> {
+    /// Sets or removes (`None`) `user`'s role in an org, as `actor`. An org never loses its last admin.
+    pub async fn set_org_role(
+        &self,
+        org: &OrgRecord,
+        actor: &UserId,
+        user: &UserId,
+        role: Option<OrgRole>,
+        now: UnixTime,
+    ) -> Result<(), CourseError> {
         if org.admins == [user.clone()] && role != Some(OrgRole::Admin) {
             return Err(CourseError::LastAdmin);
         }
-        self.store.set_org_role(&org.org.id, user, role).await?;
+        let name = match role {
+            Some(OrgRole::Admin) => "org_admin",
+            Some(OrgRole::Member) => "org_member",
+            None => "org_none",
+        };
+        let evidence =
+            Evidence::of(now.as_millis(), [role_changed(actor, user, name, org.org.id.as_str(), role.is_some())]);
+        self.store.set_org_role(&org.org.id, user, role, &evidence).await?;
         Ok(())
+    }
+
+    /// Deletes an org with its seat packs and its courses (and their sessions, staff, enrollments and
+    /// invitations), as `actor`.
+    pub async fn delete_org(&self, org: &OrgRecord, actor: &UserId, now: UnixTime) -> Result<(), CourseError> {
+        let org_id = org.org.id.to_string();
+        let evidence = |courses: &[(CourseId, u64)]| {
+            let mut events: Vec<AuditEvent> = courses.iter().map(|(c, n)| course_deleted(actor, c, *n)).collect();
+            events.push(AuditEvent::OrgDeleted { actor: actor.to_string(), org: org_id.clone() });
+            Evidence::of(now.as_millis(), events)
+        };
+        if self.store.delete_org(&org.org.id, &evidence).await? {
+            Ok(())
+        } else {
+            Err(CourseError::NotFound)
+        }
+    }
+
+    /// Deletes a course with its live sessions, staff, enrollments, seat packs and invitations, as `actor`.
+    pub async fn delete_course(&self, record: &CourseRecord, actor: &UserId, now: UnixTime) -> Result<(), CourseError> {
+        let id = &record.course.id;
+        let evidence = |enrollments: u64| Evidence::of(now.as_millis(), [course_deleted(actor, id, enrollments)]);
+        if self.store.delete_course(id, &evidence).await? {
+            Ok(())
+        } else {
+            Err(CourseError::NotFound)
+        }
     }
 
     fn check(&self, org: Option<&OrgId>, input: &CourseInput) -> Result<(String, String, Price), CourseError> {
@@ -181,7 +240,8 @@ impl Courses {
             visibility: input.visibility,
             created_at: now,
         };
-        self.store.insert_course(&course, teacher).await?;
+        let grant = role_changed(teacher, teacher, StaffRole::Teacher.as_str(), course.id.as_str(), true);
+        self.store.insert_course(&course, teacher, &Evidence::of(now.as_millis(), [grant])).await?;
         Ok(course)
     }
 
@@ -198,17 +258,22 @@ impl Courses {
         Ok(course)
     }
 
-    /// Adds, changes or removes a staff member. A course never loses its last teacher.
+    /// Adds, changes or removes a staff member, as `actor`. A course never loses its last teacher.
     pub async fn set_staff(
         &self,
         record: &CourseRecord,
+        actor: &UserId,
         user: &UserId,
         role: Option<StaffRole>,
+        now: UnixTime,
     ) -> Result<(), CourseError> {
         if record.teachers == [user.clone()] && role != Some(StaffRole::Teacher) {
             return Err(CourseError::LastTeacher);
         }
-        self.store.set_staff(&record.course.id, user, role).await?;
+        let name = role.map_or("staff_none", StaffRole::as_str);
+        let scope = record.course.id.as_str();
+        let evidence = Evidence::of(now.as_millis(), [role_changed(actor, user, name, scope, role.is_some())]);
+        self.store.set_staff(&record.course.id, user, role, &evidence).await?;
         Ok(())
     }
 
@@ -270,7 +335,13 @@ impl Courses {
         if !record.course.price.is_free() {
             return Err(CourseError::NotFree);
         }
-        Ok(self.store.enroll(&record.course.id, user, EnrolledVia::Free, now).await?)
+        let enrolled = AuditEvent::Enrolled {
+            course: record.course.id.to_string(),
+            user: user.to_string(),
+            via: EnrolledVia::Free.as_str().to_owned(),
+        };
+        let evidence = Evidence::of(now.as_millis(), [enrolled]);
+        Ok(self.store.enroll(&record.course.id, user, EnrolledVia::Free, now, &evidence).await?)
     }
 
     /// Starts buying a paid course through the payment provider.
@@ -278,13 +349,15 @@ impl Courses {
         self.payments.start_checkout(&record.course, user).await
     }
 
-    /// Creates a seat pack of `seats` single-use codes for `course`, valid for `days`; the codes are returned once.
+    /// Creates a seat pack of `seats` single-use codes for `course`, valid for `days`, bought by `actor`; the codes
+    /// are returned once.
     pub async fn create_seat_pack(
         &self,
         org: &OrgRecord,
         course: &CourseRecord,
         seats: u32,
         days: i64,
+        actor: &UserId,
         now: UnixTime,
     ) -> Result<(SeatPack, Vec<Code>), CourseError> {
         if seats == 0 || seats > self.config.max_seats_per_pack {
@@ -303,7 +376,13 @@ impl Courses {
             expires_at: now.plus_secs(days * 86_400),
             created_at: now,
         };
-        self.store.insert_seat_pack(&pack, &hashes).await?;
+        let created = AuditEvent::SeatPackCreated {
+            org: pack.org.to_string(),
+            pack: pack.id.to_string(),
+            seats,
+            actor: actor.to_string(),
+        };
+        self.store.insert_seat_pack(&pack, &hashes, &Evidence::of(now.as_millis(), [created])).await?;
         Ok((pack, codes))
     }
 
@@ -315,7 +394,16 @@ impl Courses {
     /// Redeems a seat code: enrolls `user` in the pack's course.
     pub async fn redeem_seat(&self, code: &str, user: &UserId, now: UnixTime) -> Result<SeatPack, CourseError> {
         let hash = Code::hash_of(code).ok_or(RedeemError::Unknown)?;
-        Ok(self.store.redeem_seat(&hash, user, now).await?)
+        let evidence = |pack: &SeatPack| {
+            let redeemed = AuditEvent::SeatRedeemed { pack: pack.id.to_string(), user: user.to_string() };
+            let enrolled = AuditEvent::Enrolled {
+                course: pack.course.to_string(),
+                user: user.to_string(),
+                via: EnrolledVia::Seat.as_str().to_owned(),
+            };
+            Evidence::of(now.as_millis(), [redeemed, enrolled])
+        };
+        Ok(self.store.redeem_seat(&hash, user, now, &evidence).await?)
     }
 
     /// Creates a single-use invitation to `course` by `by`, valid for `days`; the code is returned once.
@@ -338,7 +426,15 @@ impl Courses {
     /// Redeems an invitation: enrolls `user` in its course.
     pub async fn redeem_invitation(&self, code: &str, user: &UserId, now: UnixTime) -> Result<CourseId, CourseError> {
         let hash = Code::hash_of(code).ok_or(RedeemError::Unknown)?;
-        Ok(self.store.redeem_invitation(&hash, user, now).await?)
+        let evidence = |course: &CourseId| {
+            let enrolled = AuditEvent::Enrolled {
+                course: course.to_string(),
+                user: user.to_string(),
+                via: EnrolledVia::Invitation.as_str().to_owned(),
+            };
+            Evidence::of(now.as_millis(), [enrolled])
+        };
+        Ok(self.store.redeem_invitation(&hash, user, now, &evidence).await?)
     }
 
     /// Sets the teacher's public display name for the catalog.

@@ -3,6 +3,7 @@
 use crate::model::*;
 use async_trait::async_trait;
 use cloister_accounts::{StoreError, UnixTime, UserId};
+use cloister_audit::Evidence;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -24,24 +25,52 @@ pub enum RedeemError {
     Store(#[from] StoreError),
 }
 
-/// Where courses live. Every method is one transaction: a failure changes nothing.
+/// Builds a redemption's evidence once the store has found what the code is for.
+pub type SeatEvidence<'a> = &'a (dyn Fn(&SeatPack) -> Evidence + Send + Sync);
+/// Builds an invitation redemption's evidence from the invitation's course.
+pub type InvitationEvidence<'a> = &'a (dyn Fn(&CourseId) -> Evidence + Send + Sync);
+/// Builds a course deletion's evidence from the number of enrollments deleted with it.
+pub type CourseDeletionEvidence<'a> = &'a (dyn Fn(u64) -> Evidence + Send + Sync);
+/// Builds an org deletion's evidence from its courses deleted with it (id, enrollments).
+pub type OrgDeletionEvidence<'a> = &'a (dyn Fn(&[(CourseId, u64)]) -> Evidence + Send + Sync);
+
+/// Where courses live. Every method is one transaction: a failure changes nothing. Methods that take evidence
+/// write it to the audit log in that same transaction, and only when the change happens.
 #[async_trait]
 pub trait CourseStore: Send + Sync {
     /// Stores a new org with its first admin.
-    async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError>;
+    async fn insert_org(&self, org: &Org, admin: &UserId, evidence: &Evidence) -> Result<(), StoreError>;
     /// An org with its people.
     async fn org(&self, id: &OrgId) -> Result<Option<OrgRecord>, StoreError>;
     /// Sets (or with `None` removes) a user's role in an org.
-    async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError>;
+    async fn set_org_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Option<OrgRole>,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError>;
+    /// Deletes an org with its roles, seat packs and courses (and everything of theirs); `Ok(false)` when there was
+    /// no such org.
+    async fn delete_org(&self, org: &OrgId, evidence: OrgDeletionEvidence<'_>) -> Result<bool, StoreError>;
 
     /// Stores a new course with its first teacher.
-    async fn insert_course(&self, course: &Course, teacher: &UserId) -> Result<(), StoreError>;
+    async fn insert_course(&self, course: &Course, teacher: &UserId, evidence: &Evidence) -> Result<(), StoreError>;
+    /// Deletes a course with its live sessions, staff, enrollments, seat packs and invitations; `Ok(false)` when
+    /// there was no such course.
+    async fn delete_course(&self, course: &CourseId, evidence: CourseDeletionEvidence<'_>) -> Result<bool, StoreError>;
     /// A course with its org and people.
     async fn course(&self, id: &CourseId) -> Result<Option<CourseRecord>, StoreError>;
     /// Replaces a course's catalog fields (title, description, price, visibility).
     async fn update_course(&self, course: &Course) -> Result<(), StoreError>;
     /// Sets (or removes) a user's staff role on a course.
-    async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError>;
+    async fn set_staff(
+        &self,
+        course: &CourseId,
+        user: &UserId,
+        role: Option<StaffRole>,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError>;
     /// Public courses whose title or description contains `query` (case-insensitive; all when `None`), newest
     /// first, `limit` from `offset`; and the total count of matches.
     async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError>;
@@ -60,14 +89,26 @@ pub trait CourseStore: Send + Sync {
         user: &UserId,
         via: EnrolledVia,
         at: UnixTime,
+        evidence: &Evidence,
     ) -> Result<bool, StoreError>;
 
     /// Stores a seat pack with the hashes of its codes.
-    async fn insert_seat_pack(&self, pack: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError>;
+    async fn insert_seat_pack(
+        &self,
+        pack: &SeatPack,
+        code_hashes: &[[u8; 32]],
+        evidence: &Evidence,
+    ) -> Result<(), StoreError>;
     /// An org's seat packs with the number of redeemed codes.
     async fn seat_packs(&self, org: &OrgId) -> Result<Vec<(SeatPack, u32)>, StoreError>;
     /// Redeems a seat code and enrolls its holder in the pack's course, in one transaction.
-    async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError>;
+    async fn redeem_seat(
+        &self,
+        code_hash: &[u8; 32],
+        user: &UserId,
+        now: UnixTime,
+        evidence: SeatEvidence<'_>,
+    ) -> Result<SeatPack, RedeemError>;
 
     /// Stores an invitation (the code's hash) to `course` by `by`, valid until `expires_at`.
     async fn insert_invitation(
@@ -83,6 +124,7 @@ pub trait CourseStore: Send + Sync {
         code_hash: &[u8; 32],
         user: &UserId,
         now: UnixTime,
+        evidence: InvitationEvidence<'_>,
     ) -> Result<CourseId, RedeemError>;
 
     /// Sets a teacher's public display name.
@@ -105,6 +147,24 @@ struct Inner {
     profiles: BTreeMap<UserId, String>,
     /// code hash -> (course, expires at, redeemed by)
     invitations: BTreeMap<[u8; 32], (CourseId, UnixTime, Option<UserId>)>,
+    audit: Vec<Vec<u8>>,
+}
+
+impl Inner {
+    /// Removes a course and everything of it; returns the number of enrollments removed.
+    fn remove_course(&mut self, id: &CourseId) -> u64 {
+        self.courses.remove(id);
+        self.staff.retain(|(c, _), _| c != id);
+        let before = self.enrollments.len();
+        self.enrollments.retain(|(c, _), _| c != id);
+        let removed = (before - self.enrollments.len()) as u64;
+        self.sessions.retain(|_, s| &s.course != id);
+        let packs: Vec<SeatPackId> = self.packs.values().filter(|p| &p.course == id).map(|p| p.id.clone()).collect();
+        self.packs.retain(|_, p| &p.course != id);
+        self.codes.retain(|_, (p, _)| !packs.contains(p));
+        self.invitations.retain(|_, (c, _, _)| c != id);
+        removed
+    }
 }
 
 /// An in-memory [`CourseStore`].
@@ -115,6 +175,11 @@ impl MemoryStore {
     /// Empty.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The audit entries written with changes, as stored bytes.
+    pub fn audit_entries(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.audit.clone())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
@@ -132,13 +197,14 @@ fn org_record(inner: &Inner, id: &OrgId) -> Option<OrgRecord> {
 
 #[async_trait]
 impl CourseStore for MemoryStore {
-    async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError> {
+    async fn insert_org(&self, org: &Org, admin: &UserId, evidence: &Evidence) -> Result<(), StoreError> {
         let mut i = self.lock()?;
         if i.orgs.contains_key(&org.id) {
             return Err(StoreError::Conflict);
         }
         i.orgs.insert(org.id.clone(), org.clone());
         i.org_roles.insert((org.id.clone(), admin.clone()), OrgRole::Admin);
+        evidence.append_to(&mut i.audit);
         Ok(())
     }
 
@@ -147,24 +213,58 @@ impl CourseStore for MemoryStore {
         Ok(org_record(&inner, id))
     }
 
-    async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError> {
+    async fn set_org_role(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Option<OrgRole>,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError> {
         let mut i = self.lock()?;
         let key = (org.clone(), user.clone());
         match role {
             Some(r) => i.org_roles.insert(key, r),
             None => i.org_roles.remove(&key),
         };
+        evidence.append_to(&mut i.audit);
         Ok(())
     }
 
-    async fn insert_course(&self, course: &Course, teacher: &UserId) -> Result<(), StoreError> {
+    async fn delete_org(&self, org: &OrgId, evidence: OrgDeletionEvidence<'_>) -> Result<bool, StoreError> {
+        let mut i = self.lock()?;
+        if i.orgs.remove(org).is_none() {
+            return Ok(false);
+        }
+        let courses: Vec<CourseId> =
+            i.courses.values().filter(|c| c.org.as_ref() == Some(org)).map(|c| c.id.clone()).collect();
+        let removed: Vec<(CourseId, u64)> = courses.into_iter().map(|c| (c.clone(), i.remove_course(&c))).collect();
+        i.org_roles.retain(|(o, _), _| o != org);
+        let packs: Vec<SeatPackId> = i.packs.values().filter(|p| &p.org == org).map(|p| p.id.clone()).collect();
+        i.packs.retain(|_, p| &p.org != org);
+        i.codes.retain(|_, (p, _)| !packs.contains(p));
+        evidence(&removed).append_to(&mut i.audit);
+        Ok(true)
+    }
+
+    async fn insert_course(&self, course: &Course, teacher: &UserId, evidence: &Evidence) -> Result<(), StoreError> {
         let mut i = self.lock()?;
         if i.courses.contains_key(&course.id) {
             return Err(StoreError::Conflict);
         }
         i.courses.insert(course.id.clone(), course.clone());
         i.staff.insert((course.id.clone(), teacher.clone()), StaffRole::Teacher);
+        evidence.append_to(&mut i.audit);
         Ok(())
+    }
+
+    async fn delete_course(&self, course: &CourseId, evidence: CourseDeletionEvidence<'_>) -> Result<bool, StoreError> {
+        let mut i = self.lock()?;
+        if !i.courses.contains_key(course) {
+            return Ok(false);
+        }
+        let enrollments = i.remove_course(course);
+        evidence(enrollments).append_to(&mut i.audit);
+        Ok(true)
     }
 
     async fn course(&self, id: &CourseId) -> Result<Option<CourseRecord>, StoreError> {
@@ -189,13 +289,20 @@ impl CourseStore for MemoryStore {
         }
     }
 
-    async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError> {
+    async fn set_staff(
+        &self,
+        course: &CourseId,
+        user: &UserId,
+        role: Option<StaffRole>,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError> {
         let mut i = self.lock()?;
         let key = (course.clone(), user.clone());
         match role {
             Some(r) => i.staff.insert(key, r),
             None => i.staff.remove(&key),
         };
+        evidence.append_to(&mut i.audit);
         Ok(())
     }
 
@@ -239,6 +346,7 @@ impl CourseStore for MemoryStore {
         user: &UserId,
         via: EnrolledVia,
         at: UnixTime,
+        evidence: &Evidence,
     ) -> Result<bool, StoreError> {
         let mut i = self.lock()?;
         let key = (course.clone(), user.clone());
@@ -246,10 +354,16 @@ impl CourseStore for MemoryStore {
             return Ok(false);
         }
         i.enrollments.insert(key, (via, at));
+        evidence.append_to(&mut i.audit);
         Ok(true)
     }
 
-    async fn insert_seat_pack(&self, pack: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError> {
+    async fn insert_seat_pack(
+        &self,
+        pack: &SeatPack,
+        code_hashes: &[[u8; 32]],
+        evidence: &Evidence,
+    ) -> Result<(), StoreError> {
         let mut i = self.lock()?;
         if code_hashes.iter().any(|h| i.codes.contains_key(h)) {
             return Err(StoreError::Conflict);
@@ -258,6 +372,7 @@ impl CourseStore for MemoryStore {
         for h in code_hashes {
             i.codes.insert(*h, (pack.id.clone(), None));
         }
+        evidence.append_to(&mut i.audit);
         Ok(())
     }
 
@@ -273,7 +388,13 @@ impl CourseStore for MemoryStore {
             .collect())
     }
 
-    async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError> {
+    async fn redeem_seat(
+        &self,
+        code_hash: &[u8; 32],
+        user: &UserId,
+        now: UnixTime,
+        evidence: SeatEvidence<'_>,
+    ) -> Result<SeatPack, RedeemError> {
         let mut i = self.lock()?;
         let (pack_id, by) = i.codes.get(code_hash).cloned().ok_or(RedeemError::Unknown)?;
         if by.is_some() {
@@ -285,6 +406,7 @@ impl CourseStore for MemoryStore {
         }
         i.codes.insert(*code_hash, (pack_id, Some(user.clone())));
         i.enrollments.entry((pack.course.clone(), user.clone())).or_insert((EnrolledVia::Seat, now));
+        evidence(&pack).append_to(&mut i.audit);
         Ok(pack)
     }
 
@@ -308,6 +430,7 @@ impl CourseStore for MemoryStore {
         code_hash: &[u8; 32],
         user: &UserId,
         now: UnixTime,
+        evidence: InvitationEvidence<'_>,
     ) -> Result<CourseId, RedeemError> {
         let mut i = self.lock()?;
         let (course, expires_at, by) = i.invitations.get(code_hash).cloned().ok_or(RedeemError::Unknown)?;
@@ -319,6 +442,7 @@ impl CourseStore for MemoryStore {
         }
         i.invitations.insert(*code_hash, (course.clone(), expires_at, Some(user.clone())));
         i.enrollments.entry((course.clone(), user.clone())).or_insert((EnrolledVia::Invitation, now));
+        evidence(&course).append_to(&mut i.audit);
         Ok(course)
     }
 

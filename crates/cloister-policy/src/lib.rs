@@ -81,6 +81,8 @@ pub enum Action {
     OrgRead,
     /// Change an org's admins and members.
     OrgManage,
+    /// Delete an org with its courses and seat packs.
+    OrgDelete,
     /// Create a seat pack for an org.
     SeatPackCreate,
     /// List an org's seat packs.
@@ -97,6 +99,8 @@ pub enum Action {
     CourseRead,
     /// Edit a course.
     CourseUpdate,
+    /// Delete a course with its sessions, staff, enrollments, seat packs and invitations.
+    CourseDelete,
     /// Add or remove teachers and TAs.
     CourseManageStaff,
     /// Invite learners.
@@ -123,12 +127,13 @@ pub enum Action {
 
 impl Action {
     /// All actions.
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 26] = [
         Action::CatalogRead,
         Action::OrgCreate,
         Action::CourseCreatePublic,
         Action::OrgRead,
         Action::OrgManage,
+        Action::OrgDelete,
         Action::SeatPackCreate,
         Action::SeatPackList,
         Action::CourseCreateInOrg,
@@ -137,6 +142,7 @@ impl Action {
         Action::InvitationRedeem,
         Action::CourseRead,
         Action::CourseUpdate,
+        Action::CourseDelete,
         Action::CourseManageStaff,
         Action::CourseInvite,
         Action::CourseListEnrollments,
@@ -158,6 +164,7 @@ impl Action {
             Action::CourseCreatePublic => "course.create_public",
             Action::OrgRead => "org.read",
             Action::OrgManage => "org.manage",
+            Action::OrgDelete => "org.delete",
             Action::SeatPackCreate => "seatpack.create",
             Action::SeatPackList => "seatpack.list",
             Action::CourseCreateInOrg => "course.create_in_org",
@@ -166,6 +173,7 @@ impl Action {
             Action::InvitationRedeem => "invitation.redeem",
             Action::CourseRead => "course.read",
             Action::CourseUpdate => "course.update",
+            Action::CourseDelete => "course.delete",
             Action::CourseManageStaff => "course.manage_staff",
             Action::CourseInvite => "course.invite",
             Action::CourseListEnrollments => "course.list_enrollments",

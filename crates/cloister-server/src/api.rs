@@ -17,11 +17,10 @@ impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         match e {
             AuditError::OutOfRange => Self::new(ErrorCode::NotFound, "no such entry or tree size in the audit log"),
-            AuditError::Store(e) => Self::internal(&e),
+            e @ (AuditError::Store(_) | AuditError::Gap(_)) => Self::internal(&e),
         }
     }
 }
-use cloister_audit::AuditEvent;
 use cloister_policy::{Action, Policy, Principal, Resource};
 use cloister_wire::{
     AccountCreated, AuditCheckpoint, AuditEntries, AuditEntryOut, AuditProof, Credentials, ErrorBody, ErrorCode,
@@ -294,8 +293,8 @@ async fn sign_up(
     ClientIp(ip): ClientIp,
     ApiJson(creds): ApiJson<Credentials>,
 ) -> Result<(StatusCode, Json<AccountCreated>), ApiError> {
+    // The account and its `account_created` audit entry are stored in one transaction.
     let (user_id, code) = state.accounts.sign_up(&creds, ip, (state.clock)()).await?;
-    state.audit.record_or_log(AuditEvent::AccountCreated { user: user_id.to_string() }, state.now_ms()).await;
     Ok((
         StatusCode::CREATED,
         Json(AccountCreated { user_id: user_id.to_string(), recovery_code: code.as_str().to_owned() }),
@@ -341,8 +340,8 @@ async fn export(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<
 }
 
 async fn erase(State(state): State<AppState>, Auth(auth): Auth) -> Result<StatusCode, ApiError> {
+    // The erasure and its `account_erased` audit entry are stored in one transaction.
     state.accounts.erase(&auth, (state.clock)()).await?;
-    state.audit.record_or_log(AuditEvent::AccountErased { user: auth.user_id.to_string() }, state.now_ms()).await;
     tracing::info!("an account was erased");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -518,6 +517,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("PUT", "/api/v1/me/teacher-profile", put(c::put_teacher_profile)),
         ("POST", "/api/v1/orgs", post(c::create_org)),
         ("GET", "/api/v1/orgs/{org_id}", get(c::get_org)),
+        ("DELETE", "/api/v1/orgs/{org_id}", delete(c::delete_org)),
         ("PUT", "/api/v1/orgs/{org_id}/members/{user_id}", put(c::put_org_member)),
         ("DELETE", "/api/v1/orgs/{org_id}/members/{user_id}", delete(c::delete_org_member)),
         ("POST", "/api/v1/orgs/{org_id}/seat-packs", post(c::create_seat_pack)),
@@ -526,6 +526,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/api/v1/courses", post(c::create_course)),
         ("GET", "/api/v1/courses/{course_id}", get(c::get_course)),
         ("PUT", "/api/v1/courses/{course_id}", put(c::put_course)),
+        ("DELETE", "/api/v1/courses/{course_id}", delete(c::delete_course)),
         ("PUT", "/api/v1/courses/{course_id}/staff/{user_id}", put(c::put_staff)),
         ("DELETE", "/api/v1/courses/{course_id}/staff/{user_id}", delete(c::delete_staff)),
         ("POST", "/api/v1/courses/{course_id}/sessions", post(c::create_session)),

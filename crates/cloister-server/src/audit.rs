@@ -9,7 +9,7 @@
 use anyhow::{bail, Context as _};
 use cloister_audit::merkle::{self, leaf_hash, Hash};
 use cloister_audit::verify::{leaf_hashes, verify_log, Verdict};
-use cloister_audit::{AuditEntry, AuditEvent, Checkpoint, CheckpointSigner, Frontier, SignedCheckpoint};
+use cloister_audit::{AuditEvent, Checkpoint, CheckpointSigner, Evidence, Frontier, SignedCheckpoint};
 use cloister_store::Database;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -74,7 +74,7 @@ pub struct AuditLog {
     db: Database,
     signer: CheckpointSigner,
     origin: String,
-    /// The frontier of stored entries; the lock also serializes appends.
+    /// The frontier of the stored entries as last read (see [`AuditLog::sync`]); the lock serializes checkpoints.
     frontier: Mutex<Frontier>,
     /// Sign-in attempts refused by the rate limiter since the last flush (one entry per interval, not per attempt,
     /// so an attacker cannot grow the log at will).
@@ -107,6 +107,9 @@ pub enum AuditError {
     /// A proof was asked for outside the tree.
     #[error("index or size outside the log")]
     OutOfRange,
+    /// The stored log has no entry at this position but one after it.
+    #[error("the stored audit log has a gap at entry {0}")]
+    Gap(u64),
 }
 
 impl AuditLog {
@@ -140,27 +143,35 @@ impl AuditLog {
         &self.origin
     }
 
-    /// Appends an event; returns its sequence number. If another writer (an operator command against the same
-    /// database) appended meanwhile, the position is taken: the frontier is rebuilt from storage and the append is
-    /// tried once more at the new end.
-    pub async fn record(&self, event: AuditEvent, at_ms: i64) -> Result<u64, AuditError> {
-        let mut frontier = self.frontier.lock().await;
-        let seq = frontier.size();
-        let bytes = AuditEntry { seq, at_ms, event: event.clone() }.encode();
-        if let Err(e) = self.db.audit_insert(seq, &bytes).await {
-            tracing::info!(error = %e, "audit append conflicted; reloading the log's end");
-            *frontier = Frontier::from_leaves(&leaf_hashes(&self.db.audit_all_entries().await?));
-            let seq = frontier.size();
-            let bytes = AuditEntry { seq, at_ms, event }.encode();
-            self.db.audit_insert(seq, &bytes).await?;
-            frontier.push(leaf_hash(&bytes));
-            return Ok(seq);
-        }
-        frontier.push(leaf_hash(&bytes));
-        Ok(seq)
+    /// Appends an event that records no stored change (changes write their entries in their own transaction,
+    /// through the stores' [`cloister_audit::Evidence`]).
+    pub async fn record(&self, event: AuditEvent, at_ms: i64) -> Result<(), AuditError> {
+        self.db.audit_append(&Evidence::of(at_ms, [event])).await?;
+        Ok(())
     }
 
-    /// Records an event, logging (never failing) when storage fails: for callers whose action already happened.
+    /// Brings the in-memory frontier up to the stored log's end: entries are written by the stores inside the
+    /// transactions of the changes they record (and by operator commands), so storage is the truth and the frontier
+    /// follows it.
+    async fn sync<'a>(
+        &'a self,
+        mut frontier: tokio::sync::MutexGuard<'a, Frontier>,
+    ) -> Result<tokio::sync::MutexGuard<'a, Frontier>, AuditError> {
+        loop {
+            let rows = self.db.audit_entries(frontier.size(), 1000).await?;
+            if rows.is_empty() {
+                return Ok(frontier);
+            }
+            for (seq, bytes) in rows {
+                if seq != frontier.size() {
+                    return Err(AuditError::Gap(frontier.size()));
+                }
+                frontier.push(leaf_hash(&bytes));
+            }
+        }
+    }
+
+    /// Records an event that records no stored change (a denial), logging (never failing) when storage fails.
     pub async fn record_or_log(&self, event: AuditEvent, at_ms: i64) {
         let kind = event.kind();
         if let Err(e) = self.record(event, at_ms).await {
@@ -220,7 +231,7 @@ impl AuditLog {
     /// Signs and stores a checkpoint of the current tree unless the latest stored one already covers it; returns
     /// the latest checkpoint.
     pub async fn checkpoint(&self, now_ms: i64) -> Result<SignedCheckpoint, AuditError> {
-        let frontier = self.frontier.lock().await;
+        let frontier = self.sync(self.frontier.lock().await).await?;
         if let Some((note, signature)) = self.db.audit_latest_checkpoint().await? {
             let latest = SignedCheckpoint { note, signature };
             if Checkpoint::parse(&latest.note).is_ok_and(|c| c.tree_size == frontier.size()) {
@@ -268,7 +279,7 @@ impl AuditLog {
 
     /// Entries `from..from+limit` and the log's size.
     pub async fn entries(&self, from: u64, limit: u32) -> Result<(Vec<(u64, Vec<u8>)>, u64), AuditError> {
-        let size = self.frontier.lock().await.size();
+        let size = self.sync(self.frontier.lock().await).await?.size();
         Ok((self.db.audit_entries(from, limit).await?, size))
     }
 }

@@ -6,7 +6,7 @@ use crate::config::{Config, GrantArgs, InventoryArgs, ProofArgs, RetentionArgs, 
 use anyhow::{bail, Context as _};
 use cloister_audit::merkle::{self, leaf_hash};
 use cloister_audit::verify::{leaf_hashes, Verdict};
-use cloister_audit::{AuditEvent, Checkpoint, SignedCheckpoint};
+use cloister_audit::{AuditEvent, Checkpoint, Evidence, SignedCheckpoint};
 use cloister_store::Database;
 
 async fn open(args: &ServeArgs) -> anyhow::Result<(Config, Database, cloister_audit::CheckpointSigner)> {
@@ -101,19 +101,19 @@ pub async fn grant_reviewer(args: &GrantArgs) -> anyhow::Result<()> {
     let result = async {
         let log = AuditLog::open(db.clone(), signer, config.audit_origin.clone()).await?;
         let now = crate::api::system_clock()().0;
+        let event = AuditEvent::RoleChanged {
+            actor: "operator".into(),
+            user: args.user_id.clone(),
+            role: crate::api::REVIEWER_ROLE.into(),
+            scope: "platform".into(),
+            granted: true,
+        };
+        // The grant and its entry are one transaction.
         let granted = db
-            .grant_platform_role(&args.user_id, crate::api::REVIEWER_ROLE, now)
+            .grant_platform_role(&args.user_id, crate::api::REVIEWER_ROLE, now, &Evidence::of(now * 1000, [event]))
             .await
             .map_err(|_| anyhow::anyhow!("no account with user id {:?}", args.user_id))?;
         if granted {
-            let event = AuditEvent::RoleChanged {
-                actor: "operator".into(),
-                user: args.user_id.clone(),
-                role: crate::api::REVIEWER_ROLE.into(),
-                scope: "platform".into(),
-                granted: true,
-            };
-            log.record(event, now.saturating_mul(1000)).await?;
             log.checkpoint(now.saturating_mul(1000)).await?;
             println!("granted the reviewer role to {}", args.user_id);
         } else {
@@ -140,7 +140,7 @@ pub async fn retention_run(args: &RetentionArgs) -> anyhow::Result<()> {
             Some(AuditLog::open(db.clone(), signer, config.audit_origin.clone()).await?)
         };
         let now = crate::api::system_clock()().0;
-        let reports = crate::retention::run(policy.retention(), &db, log.as_ref(), now, args.dry_run).await?;
+        let reports = crate::retention::run(policy.retention(), &db, now, args.dry_run).await?;
         for r in &reports {
             if args.dry_run {
                 println!("{}\t{}\twould delete {}", r.policy_id, r.class, r.count);

@@ -1,6 +1,6 @@
 //! `/api/v1` for orgs, courses, live sessions, seat packs, enrollment and the catalog. Every handler loads the facts,
-//! asks Cedar (`AppState::authorize`), then calls the course service; changes that a reviewer must see are written to
-//! the audit log.
+//! asks Cedar (`AppState::authorize`), then calls the course service, which stores each change a reviewer must see
+//! together with its audit entry in one transaction.
 
 use crate::api::{ApiError, ApiJson, ApiQuery, AppState, Auth, MaybeAuth};
 use axum::extract::{FromRequestParts, Path, State};
@@ -8,7 +8,6 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use cloister_accounts::{Authenticated, UnixTime, UserId};
-use cloister_audit::AuditEvent;
 use cloister_courses::{
     Course, CourseError, CourseId, CourseInput, CourseRecord, LiveSession, OrgId, OrgRecord, OrgRole, RedeemError,
     SeatPack, SessionId, StaffRole, Visibility,
@@ -141,14 +140,6 @@ pub async fn create_org(
     state.authorize(Some(&auth), Action::OrgCreate, &Resource::Platform).await?;
     let org = state.courses.create_org(&body.name, &auth.user_id, (state.clock)()).await?;
     let record = state.courses.org(&org.id).await?;
-    let event = AuditEvent::RoleChanged {
-        actor: auth.user_id.to_string(),
-        user: auth.user_id.to_string(),
-        role: "org_admin".into(),
-        scope: org.id.to_string(),
-        granted: true,
-    };
-    state.audit.record_or_log(event, state.now_ms()).await;
     Ok((StatusCode::CREATED, Json(org_out(&record))))
 }
 
@@ -161,6 +152,19 @@ pub async fn get_org(
     let org = load_org(&state, &id).await?;
     state.authorize(Some(&auth), Action::OrgRead, &Resource::Org(org.facts())).await?;
     Ok(Json(org_out(&org)))
+}
+
+/// `DELETE /api/v1/orgs/{org_id}`: the org with its seat packs and its courses (and their sessions, staff,
+/// enrollments and invitations).
+pub async fn delete_org(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = load_org(&state, &id).await?;
+    state.authorize(Some(&auth), Action::OrgDelete, &Resource::Org(org.facts())).await?;
+    state.courses.delete_org(&org, &auth.user_id, (state.clock)()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `PUT /api/v1/orgs/{org_id}/members/{user_id}`
@@ -194,19 +198,11 @@ async fn set_org_role(
     let org = load_org(state, org_id).await?;
     state.authorize(Some(auth), Action::OrgManage, &Resource::Org(org.facts())).await?;
     let user = user_id(user)?;
-    state.courses.set_org_role(&org, &user, role).await.map_err(|e| match e {
+    state.courses.set_org_role(&org, &auth.user_id, &user, role, (state.clock)()).await.map_err(|e| match e {
         // An account that does not exist cannot be given a role.
         CourseError::Store(_) => not_found(),
         other => other.into(),
     })?;
-    let event = AuditEvent::RoleChanged {
-        actor: auth.user_id.to_string(),
-        user: user.to_string(),
-        role: role.map_or("org_none", |r| if r == OrgRole::Admin { "org_admin" } else { "org_member" }).into(),
-        scope: org.org.id.to_string(),
-        granted: role.is_some(),
-    };
-    state.audit.record_or_log(event, state.now_ms()).await;
     Ok(Json(org_out(&state.courses.org(&org.org.id).await?)))
 }
 
@@ -260,6 +256,19 @@ pub async fn put_course(
     Ok(Json(course_out(&state, &course).await?))
 }
 
+/// `DELETE /api/v1/courses/{course_id}`: the course with its live sessions, staff, enrollments, seat packs and
+/// invitations.
+pub async fn delete_course(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = load_course(&state, &id).await?;
+    state.authorize(Some(&auth), Action::CourseDelete, &Resource::Course(c.facts())).await?;
+    state.courses.delete_course(&c, &auth.user_id, (state.clock)()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `PUT /api/v1/courses/{course_id}/staff/{user_id}`
 pub async fn put_staff(
     State(state): State<AppState>,
@@ -291,18 +300,10 @@ async fn set_staff(
     let c = load_course(state, course_id).await?;
     state.authorize(Some(auth), Action::CourseManageStaff, &Resource::Course(c.facts())).await?;
     let user = user_id(user)?;
-    state.courses.set_staff(&c, &user, role).await.map_err(|e| match e {
+    state.courses.set_staff(&c, &auth.user_id, &user, role, (state.clock)()).await.map_err(|e| match e {
         CourseError::Store(_) => not_found(),
         other => other.into(),
     })?;
-    let event = AuditEvent::RoleChanged {
-        actor: auth.user_id.to_string(),
-        user: user.to_string(),
-        role: role.map_or("staff_none", StaffRole::as_str).into(),
-        scope: c.course.id.to_string(),
-        granted: role.is_some(),
-    };
-    state.audit.record_or_log(event, state.now_ms()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -360,14 +361,6 @@ pub async fn enroll(
     }
     state.authorize(Some(&auth), Action::CourseEnrollFree, &Resource::Course(c.facts())).await?;
     let new = state.courses.enroll_free(&c, &auth.user_id, (state.clock)()).await?;
-    if new {
-        let event = AuditEvent::Enrolled {
-            course: c.course.id.to_string(),
-            user: auth.user_id.to_string(),
-            via: "free".into(),
-        };
-        state.audit.record_or_log(event, state.now_ms()).await;
-    }
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(EnrollmentOut { course_id: c.course.id.to_string(), via: "free".into(), new })))
 }
@@ -393,15 +386,10 @@ pub async fn create_seat_pack(
     let org = load_org(&state, &id).await?;
     state.authorize(Some(&auth), Action::SeatPackCreate, &Resource::Org(org.facts())).await?;
     let course = load_course(&state, &body.course_id).await?;
-    let (pack, codes) =
-        state.courses.create_seat_pack(&org, &course, body.seats, body.valid_days, (state.clock)()).await?;
-    let event = AuditEvent::SeatPackCreated {
-        org: org.org.id.to_string(),
-        pack: pack.id.to_string(),
-        seats: pack.seats,
-        actor: auth.user_id.to_string(),
-    };
-    state.audit.record_or_log(event, state.now_ms()).await;
+    let (pack, codes) = state
+        .courses
+        .create_seat_pack(&org, &course, body.seats, body.valid_days, &auth.user_id, (state.clock)())
+        .await?;
     let codes = codes.iter().map(|c| c.as_str().to_owned()).collect();
     Ok((StatusCode::CREATED, Json(pack_out(&pack, 0, codes))))
 }
@@ -426,14 +414,6 @@ pub async fn redeem_seat(
 ) -> Result<(StatusCode, Json<EnrollmentOut>), ApiError> {
     state.authorize(Some(&auth), Action::SeatRedeem, &Resource::Platform).await?;
     let pack = state.courses.redeem_seat(body.code.expose(), &auth.user_id, (state.clock)()).await?;
-    let now = state.now_ms();
-    state
-        .audit
-        .record_or_log(AuditEvent::SeatRedeemed { pack: pack.id.to_string(), user: auth.user_id.to_string() }, now)
-        .await;
-    let event =
-        AuditEvent::Enrolled { course: pack.course.to_string(), user: auth.user_id.to_string(), via: "seat".into() };
-    state.audit.record_or_log(event, now).await;
     Ok((StatusCode::CREATED, Json(EnrollmentOut { course_id: pack.course.to_string(), via: "seat".into(), new: true })))
 }
 
@@ -465,9 +445,6 @@ pub async fn redeem_invitation(
 ) -> Result<(StatusCode, Json<EnrollmentOut>), ApiError> {
     state.authorize(Some(&auth), Action::InvitationRedeem, &Resource::Platform).await?;
     let course = state.courses.redeem_invitation(body.code.expose(), &auth.user_id, (state.clock)()).await?;
-    let event =
-        AuditEvent::Enrolled { course: course.to_string(), user: auth.user_id.to_string(), via: "invitation".into() };
-    state.audit.record_or_log(event, state.now_ms()).await;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentOut { course_id: course.to_string(), via: "invitation".into(), new: true }),

@@ -2,8 +2,7 @@
 //! one audit entry per automated class per run (policy id, class, count, salted commitment to the deleted ids).
 //! `cloister serve` runs it every `--retention-interval-secs`; `cloister retention run [--dry-run]` runs it by hand.
 
-use crate::audit::AuditLog;
-use cloister_audit::AuditEvent;
+use cloister_audit::{AuditEvent, Evidence};
 use cloister_policy::retention::{commitment, RetentionPolicy};
 use cloister_store::Database;
 use ring::rand::SecureRandom as _;
@@ -25,7 +24,6 @@ pub struct ClassReport {
 pub async fn run(
     policy: &RetentionPolicy,
     db: &Database,
-    audit: Option<&AuditLog>,
     now_secs: i64,
     dry_run: bool,
 ) -> anyhow::Result<Vec<ClassReport>> {
@@ -41,26 +39,28 @@ pub async fn run(
             });
             continue;
         }
-        let ids = db.retention_delete(due.rule, due.cutoff).await?;
         // A fresh salt per run, then forgotten: the commitment cannot be tested against guessed ids.
         let mut salt = [0u8; 16];
         ring::rand::SystemRandom::new().fill(&mut salt).map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let report = ClassReport {
+        // The deletion and its entry are one transaction: rows never go without the run being recorded.
+        let evidence = |ids: &[String]| {
+            Evidence::of(
+                now_secs.saturating_mul(1000),
+                [AuditEvent::RetentionRun {
+                    policy: due.policy_id.clone(),
+                    class: due.class.clone(),
+                    count: ids.len() as u64,
+                    commitment: commitment(&salt, ids),
+                }],
+            )
+        };
+        let ids = db.retention_delete(due.rule, due.cutoff, &evidence).await?;
+        reports.push(ClassReport {
             policy_id: due.policy_id,
             class: due.class,
             count: ids.len() as u64,
             commitment: commitment(&salt, &ids),
-        };
-        if let Some(audit) = audit {
-            let event = AuditEvent::RetentionRun {
-                policy: report.policy_id.clone(),
-                class: report.class.clone(),
-                count: report.count,
-                commitment: report.commitment.clone(),
-            };
-            audit.record(event, now_secs.saturating_mul(1000)).await?;
-        }
-        reports.push(report);
+        });
     }
     Ok(reports)
 }

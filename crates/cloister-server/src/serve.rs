@@ -158,7 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 _ = stop_rx.changed() => break,
             }
             let s = &retention_state;
-            match crate::retention::run(s.policy.retention(), &s.db, Some(&s.audit), (s.clock)().0, false).await {
+            match crate::retention::run(s.policy.retention(), &s.db, (s.clock)().0, false).await {
                 Ok(reports) => {
                     for r in reports.iter().filter(|r| r.count > 0) {
                         if r.class == "session" {

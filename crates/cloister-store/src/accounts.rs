@@ -1,7 +1,9 @@
 //! [`AccountStore`] over SQLite and PostgreSQL: the same SQL, instantiated per pool type by a macro.
 
+use crate::evidence::{write_evidence, PG_AUDIT_LOCK, PG_BEGIN, SQLITE_BEGIN};
 use async_trait::async_trait;
 use cloister_accounts::{AccountRecord, AccountStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId};
+use cloister_audit::Evidence;
 use sqlx::{PgPool, SqlitePool};
 
 /// Accounts in SQLite.
@@ -51,10 +53,11 @@ const ACCOUNT_COLUMNS: &str =
     "SELECT user_id, email_key_id, email_hmac, password_hash, recovery_hash, created_at, updated_at FROM accounts";
 
 macro_rules! sql_account_store {
-    ($store:ident) => {
+    ($store:ident, $begin:expr, $lock:expr) => {
         #[async_trait]
         impl AccountStore for $store {
-            async fn insert_account(&self, a: &AccountRecord) -> Result<(), StoreError> {
+            async fn insert_account(&self, a: &AccountRecord, evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 sqlx::query(
                     "INSERT INTO accounts (user_id, email_key_id, email_hmac, password_hash, recovery_hash, \
                      created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -66,10 +69,11 @@ macro_rules! sql_account_store {
                 .bind(&a.recovery_hash.0[..])
                 .bind(a.created_at.0)
                 .bind(a.updated_at.0)
-                .execute(&self.0)
+                .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-                Ok(())
+                write_evidence!(tx, evidence, $lock);
+                tx.commit().await.map_err(backend)
             }
 
             async fn account_by_email(&self, email_hmac: &[u8; 32]) -> Result<Option<AccountRecord>, StoreError> {
@@ -188,8 +192,13 @@ macro_rules! sql_account_store {
                 rows.into_iter().map(session_from_row).collect()
             }
 
-            async fn erase_account(&self, user_id: &UserId, now: UnixTime) -> Result<bool, StoreError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn erase_account(
+                &self,
+                user_id: &UserId,
+                now: UnixTime,
+                evidence: &Evidence,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 sqlx::query("DELETE FROM sessions WHERE user_id = $1")
                     .bind(user_id.as_str())
                     .execute(&mut *tx)
@@ -210,6 +219,7 @@ macro_rules! sql_account_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                write_evidence!(tx, evidence, $lock);
                 tx.commit().await.map_err(backend)?;
                 Ok(true)
             }
@@ -236,5 +246,5 @@ macro_rules! sql_account_store {
     };
 }
 
-sql_account_store!(SqliteAccounts);
-sql_account_store!(PgAccounts);
+sql_account_store!(SqliteAccounts, SQLITE_BEGIN, "");
+sql_account_store!(PgAccounts, PG_BEGIN, PG_AUDIT_LOCK);

@@ -1,8 +1,13 @@
 //! Storage for the audit log (entries and signed checkpoints) and platform roles. The log's logic lives in
-//! `cloister-audit`; this only stores bytes in order. Appends are serialized by the caller (one writer), and the
-//! primary key on `seq` refuses a second entry at the same position.
+//! `cloister-audit`; this only stores bytes in order. Every append goes through [`crate::evidence`] (in the change's
+//! own transaction, or alone through [`Database::audit_append`]), serialized per database, and the primary key on
+//! `seq` refuses a second entry at the same position.
 
+use crate::accounts::backend;
+use crate::evidence::{write_evidence, PG_AUDIT_LOCK, PG_BEGIN, SQLITE_BEGIN};
 use crate::{Database, DatabaseError};
+use cloister_accounts::StoreError;
+use cloister_audit::Evidence;
 
 fn query_err(e: sqlx::Error) -> DatabaseError {
     DatabaseError::Query(e.to_string())
@@ -22,16 +27,22 @@ macro_rules! on_pool {
 pub type StoredCheckpoint = (String, String);
 
 impl Database {
-    /// Stores entry `seq`. Fails with a query error if `seq` is taken.
-    pub async fn audit_insert(&self, seq: u64, entry: &[u8]) -> Result<(), DatabaseError> {
-        let seq = i64::try_from(seq).map_err(|_| DatabaseError::Query("audit seq out of range".into()))?;
-        on_pool!(self, p => sqlx::query("INSERT INTO audit_entries (seq, entry) VALUES ($1, $2)")
-            .bind(seq)
-            .bind(entry)
-            .execute(p)
-            .await
-            .map(|_| ())
-            .map_err(query_err))
+    /// Appends entries that record no stored change (denials, throttling, policy loads) at the log's end, in
+    /// their own transaction, serialized with every other appender.
+    pub async fn audit_append(&self, evidence: &Evidence) -> Result<(), DatabaseError> {
+        match self {
+            Database::Sqlite(p) => {
+                let mut tx = p.begin_with(SQLITE_BEGIN).await.map_err(backend)?;
+                write_evidence!(tx, evidence, "");
+                tx.commit().await.map_err(backend)?;
+            }
+            Database::Postgres(p) => {
+                let mut tx = p.begin_with(PG_BEGIN).await.map_err(backend)?;
+                write_evidence!(tx, evidence, PG_AUDIT_LOCK);
+                tx.commit().await.map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     /// Entries `from..from+limit`, in order.
@@ -107,18 +118,39 @@ impl Database {
     }
 
     /// Grants a platform role (idempotent). Fails if the account does not exist.
-    pub async fn grant_platform_role(&self, user_id: &str, role: &str, at_secs: i64) -> Result<bool, DatabaseError> {
-        let done = on_pool!(self, p => sqlx::query(
-                "INSERT INTO platform_roles (user_id, role, granted_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id, role) DO NOTHING")
-            .bind(user_id)
-            .bind(role)
-            .bind(at_secs)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected() == 1)
-            .map_err(query_err))?;
-        Ok(done)
+    pub async fn grant_platform_role(
+        &self,
+        user_id: &str,
+        role: &str,
+        at_secs: i64,
+        evidence: &Evidence,
+    ) -> Result<bool, DatabaseError> {
+        macro_rules! grant {
+            ($p:expr, $begin:expr, $lock:expr) => {{
+                let mut tx = $p.begin_with($begin).await.map_err(backend)?;
+                let done = sqlx::query(
+                    "INSERT INTO platform_roles (user_id, role, granted_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, role) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(role)
+                .bind(at_secs)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected()
+                    == 1;
+                if done {
+                    write_evidence!(tx, evidence, $lock);
+                    tx.commit().await.map_err(backend)?;
+                }
+                done
+            }};
+        }
+        Ok(match self {
+            Database::Sqlite(p) => grant!(p, SQLITE_BEGIN, ""),
+            Database::Postgres(p) => grant!(p, PG_BEGIN, PG_AUDIT_LOCK),
+        })
     }
 
     /// Whether `user_id` holds `role`.

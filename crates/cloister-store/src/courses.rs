@@ -1,11 +1,14 @@
 //! [`CourseStore`] over SQLite and PostgreSQL: the same SQL, instantiated per pool type by a macro (as accounts).
 
 use crate::accounts::{backend, corrupt};
+use crate::evidence::{write_evidence, PG_AUDIT_LOCK, PG_BEGIN, SQLITE_BEGIN};
 use async_trait::async_trait;
 use cloister_accounts::{StoreError, UnixTime, UserId};
+use cloister_audit::Evidence;
 use cloister_courses::{
-    Course, CourseId, CourseRecord, CourseStore, EnrolledVia, LiveSession, Org, OrgId, OrgRecord, OrgRole, Price,
-    RedeemError, SeatPack, SeatPackId, SessionId, StaffRole, TeacherProfile, Visibility,
+    Course, CourseDeletionEvidence, CourseId, CourseRecord, CourseStore, EnrolledVia, InvitationEvidence, LiveSession,
+    Org, OrgDeletionEvidence, OrgId, OrgRecord, OrgRole, Price, RedeemError, SeatEvidence, SeatPack, SeatPackId,
+    SessionId, StaffRole, TeacherProfile, Visibility,
 };
 use sqlx::{PgPool, SqlitePool};
 
@@ -106,8 +109,27 @@ macro_rules! take_code_and_enroll {
     };
 }
 
+/// Deletes course `$id` (its sessions, staff, enrollments, seat packs with their codes, and invitations go by
+/// cascade) inside `$tx`; evaluates to the number of enrollments that went with it, or `None` if there was none.
+macro_rules! delete_course_in {
+    ($tx:ident, $id:expr) => {{
+        let (enrollments,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM enrollments WHERE course_id = $1")
+            .bind($id)
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err(backend)?;
+        let gone = sqlx::query("DELETE FROM courses WHERE id = $1")
+            .bind($id)
+            .execute(&mut *$tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        (gone == 1).then_some(u64::try_from(enrollments).unwrap_or(0))
+    }};
+}
+
 macro_rules! sql_course_store {
-    ($store:ident) => {
+    ($store:ident, $begin:expr, $lock:expr) => {
         impl $store {
             async fn org_record(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
                 let row: Option<(String, String, i64)> =
@@ -134,8 +156,8 @@ macro_rules! sql_course_store {
 
         #[async_trait]
         impl CourseStore for $store {
-            async fn insert_org(&self, org: &Org, admin: &UserId) -> Result<(), StoreError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn insert_org(&self, org: &Org, admin: &UserId, evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
                     .bind(org.id.as_str())
                     .bind(&org.name)
@@ -149,6 +171,7 @@ macro_rules! sql_course_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                write_evidence!(tx, evidence, $lock);
                 tx.commit().await.map_err(backend)
             }
 
@@ -156,7 +179,8 @@ macro_rules! sql_course_store {
                 self.org_record(id.as_str()).await
             }
 
-            async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>) -> Result<(), StoreError> {
+            async fn set_org_role(&self, org: &OrgId, user: &UserId, role: Option<OrgRole>, evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let q = match role {
                     Some(r) => sqlx::query(
                         "INSERT INTO org_roles (org_id, user_id, role) VALUES ($1, $2, $3) \
@@ -169,12 +193,48 @@ macro_rules! sql_course_store {
                         .bind(org.as_str())
                         .bind(user.as_str()),
                 };
-                q.execute(&self.0).await.map_err(backend)?;
-                Ok(())
+                q.execute(&mut *tx).await.map_err(backend)?;
+                write_evidence!(tx, evidence, $lock);
+                tx.commit().await.map_err(backend)
             }
 
-            async fn insert_course(&self, c: &Course, teacher: &UserId) -> Result<(), StoreError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn delete_org(&self, org: &OrgId, evidence: OrgDeletionEvidence<'_>) -> Result<bool, StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
+                // Courses first: an org's courses restrict its deletion, so nothing goes by accident.
+                let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM courses WHERE org_id = $1 ORDER BY id")
+                    .bind(org.as_str())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let mut courses = Vec::with_capacity(ids.len());
+                for (id,) in ids {
+                    let enrollments = delete_course_in!(tx, &id).unwrap_or(0);
+                    courses.push((CourseId::parse(&id).ok_or_else(|| corrupt("course id"))?, enrollments));
+                }
+                let gone = sqlx::query("DELETE FROM orgs WHERE id = $1")
+                    .bind(org.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                if gone != 1 {
+                    return Ok(false);
+                }
+                write_evidence!(tx, &evidence(&courses), $lock);
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn delete_course(&self, course: &CourseId, evidence: CourseDeletionEvidence<'_>) -> Result<bool, StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
+                let Some(enrollments) = delete_course_in!(tx, course.as_str()) else { return Ok(false) };
+                write_evidence!(tx, &evidence(enrollments), $lock);
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
+            }
+
+            async fn insert_course(&self, c: &Course, teacher: &UserId, evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 sqlx::query(
                     "INSERT INTO courses (id, org_id, title, description, price_minor, currency, visibility, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -196,6 +256,7 @@ macro_rules! sql_course_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
+                write_evidence!(tx, evidence, $lock);
                 tx.commit().await.map_err(backend)
             }
 
@@ -248,7 +309,8 @@ macro_rules! sql_course_store {
                 if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::Backend("no such course".into())) }
             }
 
-            async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>) -> Result<(), StoreError> {
+            async fn set_staff(&self, course: &CourseId, user: &UserId, role: Option<StaffRole>, evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let q = match role {
                     Some(r) => sqlx::query(
                         "INSERT INTO course_staff (course_id, user_id, role) VALUES ($1, $2, $3) \
@@ -261,8 +323,9 @@ macro_rules! sql_course_store {
                         .bind(course.as_str())
                         .bind(user.as_str()),
                 };
-                q.execute(&self.0).await.map_err(backend)?;
-                Ok(())
+                q.execute(&mut *tx).await.map_err(backend)?;
+                write_evidence!(tx, evidence, $lock);
+                tx.commit().await.map_err(backend)
             }
 
             async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError> {
@@ -320,7 +383,8 @@ macro_rules! sql_course_store {
                 row.map(session_from_row).transpose()
             }
 
-            async fn enroll(&self, course: &CourseId, user: &UserId, via: EnrolledVia, at: UnixTime) -> Result<bool, StoreError> {
+            async fn enroll(&self, course: &CourseId, user: &UserId, via: EnrolledVia, at: UnixTime, evidence: &Evidence) -> Result<bool, StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let done = sqlx::query(
                     "INSERT INTO enrollments (course_id, user_id, via, enrolled_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (course_id, user_id) DO NOTHING",
@@ -329,14 +393,19 @@ macro_rules! sql_course_store {
                 .bind(user.as_str())
                 .bind(via.as_str())
                 .bind(at.0)
-                .execute(&self.0)
+                .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-                Ok(done.rows_affected() == 1)
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                write_evidence!(tx, evidence, $lock);
+                tx.commit().await.map_err(backend)?;
+                Ok(true)
             }
 
-            async fn insert_seat_pack(&self, p: &SeatPack, code_hashes: &[[u8; 32]]) -> Result<(), StoreError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn insert_seat_pack(&self, p: &SeatPack, code_hashes: &[[u8; 32]], evidence: &Evidence) -> Result<(), StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 sqlx::query(
                     "INSERT INTO seat_packs (id, org_id, course_id, seats, expires_at, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -358,6 +427,7 @@ macro_rules! sql_course_store {
                         .await
                         .map_err(backend)?;
                 }
+                write_evidence!(tx, evidence, $lock);
                 tx.commit().await.map_err(backend)
             }
 
@@ -382,8 +452,8 @@ macro_rules! sql_course_store {
                 Ok(out)
             }
 
-            async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<SeatPack, RedeemError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn redeem_seat(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime, evidence: SeatEvidence<'_>) -> Result<SeatPack, RedeemError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let row: Option<(String, Option<i64>)> =
                     sqlx::query_as("SELECT pack_id, redeemed_at FROM seat_codes WHERE code_hash = $1")
                         .bind(&code_hash[..])
@@ -404,6 +474,7 @@ macro_rules! sql_course_store {
                     return Err(RedeemError::Expired);
                 }
                 take_code_and_enroll!(tx, "seat_codes", code_hash, user, now, pack.course.as_str(), "seat");
+                write_evidence!(tx, &evidence(&pack), $lock);
                 tx.commit().await.map_err(backend)?;
                 Ok(pack)
             }
@@ -426,8 +497,8 @@ macro_rules! sql_course_store {
                 Ok(())
             }
 
-            async fn redeem_invitation(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime) -> Result<CourseId, RedeemError> {
-                let mut tx = self.0.begin().await.map_err(backend)?;
+            async fn redeem_invitation(&self, code_hash: &[u8; 32], user: &UserId, now: UnixTime, evidence: InvitationEvidence<'_>) -> Result<CourseId, RedeemError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let row: Option<(String, i64, Option<i64>)> =
                     sqlx::query_as("SELECT course_id, expires_at, redeemed_at FROM invitations WHERE code_hash = $1")
                         .bind(&code_hash[..])
@@ -441,9 +512,11 @@ macro_rules! sql_course_store {
                 if now.0 >= expires_at {
                     return Err(RedeemError::Expired);
                 }
-                take_code_and_enroll!(tx, "invitations", code_hash, user, now, &course, "invitation");
+                let course = CourseId::parse(&course).ok_or_else(|| RedeemError::Store(corrupt("course id")))?;
+                take_code_and_enroll!(tx, "invitations", code_hash, user, now, course.as_str(), "invitation");
+                write_evidence!(tx, &evidence(&course), $lock);
                 tx.commit().await.map_err(backend)?;
-                CourseId::parse(&course).ok_or_else(|| RedeemError::Store(corrupt("course id")))
+                Ok(course)
             }
 
             async fn set_teacher_profile(&self, p: &TeacherProfile) -> Result<(), StoreError> {
@@ -474,5 +547,5 @@ macro_rules! sql_course_store {
     };
 }
 
-sql_course_store!(SqliteCourses);
-sql_course_store!(PgCourses);
+sql_course_store!(SqliteCourses, SQLITE_BEGIN, "");
+sql_course_store!(PgCourses, PG_BEGIN, PG_AUDIT_LOCK);

@@ -13,9 +13,11 @@
 mod accounts;
 mod audit;
 mod courses;
+mod evidence;
 mod retention;
 
 pub use audit::StoredCheckpoint;
+pub use retention::RetentionEvidence;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -39,6 +41,12 @@ pub enum DatabaseError {
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(String),
+}
+
+impl From<cloister_accounts::StoreError> for DatabaseError {
+    fn from(e: cloister_accounts::StoreError) -> Self {
+        Self::Query(e.to_string())
+    }
 }
 
 /// Which backend a [`Database`] runs on.

@@ -2,8 +2,15 @@
 //! in one statement. Ids are returned (hashes as hex, text ids as they are) so the engine can commit to them in the
 //! audit log.
 
+use crate::accounts::backend;
+use crate::evidence::{write_evidence, PG_AUDIT_LOCK, PG_BEGIN, SQLITE_BEGIN};
 use crate::{Database, DatabaseError};
+use cloister_accounts::StoreError;
+use cloister_audit::Evidence;
 use cloister_policy::retention::Rule;
+
+/// Builds a retention run's evidence from the ids it deleted.
+pub type RetentionEvidence<'a> = &'a (dyn Fn(&[String]) -> Evidence + Send + Sync);
 
 fn query_err(e: sqlx::Error) -> DatabaseError {
     DatabaseError::Query(e.to_string())
@@ -41,14 +48,25 @@ fn target(rule: Rule) -> Result<Target, DatabaseError> {
     }
 }
 
+/// Deletes with `$sql` and writes the run's evidence in one transaction; evaluates to the deleted ids.
+macro_rules! delete_with_evidence {
+    ($pool:expr, $begin:expr, $lock:expr, $sql:expr, $bytes:expr, $cutoff:expr, $evidence:expr) => {{
+        let mut tx = $pool.begin_with($begin).await.map_err(backend)?;
+        let ids = fetch_ids!(&mut *tx, $sql, $bytes, $cutoff, backend);
+        write_evidence!(tx, &$evidence(&ids), $lock);
+        tx.commit().await.map_err(backend)?;
+        Ok::<Vec<String>, StoreError>(ids)
+    }};
+}
+
 /// Runs an id-returning statement on a pool, as text ids.
 macro_rules! fetch_ids {
-    ($pool:expr, $sql:expr, $bytes:expr, $cutoff:expr) => {
+    ($pool:expr, $sql:expr, $bytes:expr, $cutoff:expr, $err:expr) => {
         if $bytes {
-            let rows: Vec<(Vec<u8>,)> = sqlx::query_as($sql).bind($cutoff).fetch_all($pool).await.map_err(query_err)?;
+            let rows: Vec<(Vec<u8>,)> = sqlx::query_as($sql).bind($cutoff).fetch_all($pool).await.map_err($err)?;
             rows.into_iter().map(|(b,)| hex::encode(b)).collect::<Vec<String>>()
         } else {
-            let rows: Vec<(String,)> = sqlx::query_as($sql).bind($cutoff).fetch_all($pool).await.map_err(query_err)?;
+            let rows: Vec<(String,)> = sqlx::query_as($sql).bind($cutoff).fetch_all($pool).await.map_err($err)?;
             rows.into_iter().map(|(s,)| s).collect::<Vec<String>>()
         }
     };
@@ -57,8 +75,8 @@ macro_rules! fetch_ids {
 impl Database {
     async fn retention_ids(&self, sql: &str, bytes: bool, cutoff: i64) -> Result<Vec<String>, DatabaseError> {
         Ok(match self {
-            Database::Sqlite(p) => fetch_ids!(p, sql, bytes, cutoff),
-            Database::Postgres(p) => fetch_ids!(p, sql, bytes, cutoff),
+            Database::Sqlite(p) => fetch_ids!(p, sql, bytes, cutoff, query_err),
+            Database::Postgres(p) => fetch_ids!(p, sql, bytes, cutoff, query_err),
         })
     }
 
@@ -68,10 +86,20 @@ impl Database {
         self.retention_ids(&format!("SELECT {} FROM {} WHERE {}", t.id, t.table, t.due), t.id_is_bytes, cutoff).await
     }
 
-    /// Deletes the rows `rule` makes due at `cutoff` in one statement (`DELETE ... RETURNING`); returns their ids.
-    pub async fn retention_delete(&self, rule: Rule, cutoff: i64) -> Result<Vec<String>, DatabaseError> {
+    /// Deletes the rows `rule` makes due at `cutoff` in one statement (`DELETE ... RETURNING`) and writes the run's
+    /// audit entries (built from the deleted ids) in the same transaction; returns the ids.
+    pub async fn retention_delete(
+        &self,
+        rule: Rule,
+        cutoff: i64,
+        evidence: RetentionEvidence<'_>,
+    ) -> Result<Vec<String>, DatabaseError> {
         let t = target(rule)?;
         let sql = format!("DELETE FROM {} WHERE {} RETURNING {}", t.table, t.due, t.id);
-        self.retention_ids(&sql, t.id_is_bytes, cutoff).await
+        let (sql, bytes) = (sql.as_str(), t.id_is_bytes);
+        Ok(match self {
+            Database::Sqlite(p) => delete_with_evidence!(p, SQLITE_BEGIN, "", sql, bytes, cutoff, evidence),
+            Database::Postgres(p) => delete_with_evidence!(p, PG_BEGIN, PG_AUDIT_LOCK, sql, bytes, cutoff, evidence),
+        }?)
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use cloister_accounts::{
     AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError, TokenHash, UnixTime, UserId,
 };
+use cloister_audit::{AuditEntry, Evidence};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -31,11 +32,17 @@ fn session(user: &UserId, byte: u8, created: i64, expires: i64) -> SessionRecord
 /// The behaviour every [`AccountStore`] must have; run against memory, SQLite and PostgreSQL alike.
 async fn conformance(store: Arc<dyn AccountStore>) {
     let a = account(1);
-    store.insert_account(&a).await.unwrap();
-    assert!(matches!(store.insert_account(&account(1)).await, Err(StoreError::Conflict)), "email hash unique");
+    store.insert_account(&a, &Evidence::none()).await.unwrap();
+    assert!(
+        matches!(store.insert_account(&account(1), &Evidence::none()).await, Err(StoreError::Conflict)),
+        "email hash unique"
+    );
     let mut same_id = account(2);
     same_id.user_id = a.user_id.clone();
-    assert!(matches!(store.insert_account(&same_id).await, Err(StoreError::Conflict)), "user id unique");
+    assert!(
+        matches!(store.insert_account(&same_id, &Evidence::none()).await, Err(StoreError::Conflict)),
+        "user id unique"
+    );
     assert_eq!(store.account_by_email(&[1; 32]).await.unwrap().unwrap(), a);
     assert_eq!(store.account_by_id(&a.user_id).await.unwrap().unwrap(), a);
     assert!(store.account_by_email(&[3; 32]).await.unwrap().is_none());
@@ -65,14 +72,14 @@ async fn conformance(store: Arc<dyn AccountStore>) {
     let c = store.account_by_email(&[4; 32]).await.unwrap().unwrap();
     assert_eq!((c.email_key_id.as_str(), c.password_hash.as_str()), ("k2", "rehashed"));
     let other = account(5);
-    store.insert_account(&other).await.unwrap();
+    store.insert_account(&other, &Evidence::none()).await.unwrap();
     assert!(matches!(store.rekey_account(&a.user_id, "k2", &[5; 32], "x").await, Err(StoreError::Conflict)));
 
     // Erasure: account and sessions go, the erasure is recorded, other accounts stay.
     store.insert_session(&session(&a.user_id, 13, 103, 500)).await.unwrap();
     store.insert_session(&session(&other.user_id, 14, 103, 500)).await.unwrap();
-    assert!(store.erase_account(&a.user_id, UnixTime(160)).await.unwrap());
-    assert!(!store.erase_account(&a.user_id, UnixTime(161)).await.unwrap());
+    assert!(store.erase_account(&a.user_id, UnixTime(160), &Evidence::none()).await.unwrap());
+    assert!(!store.erase_account(&a.user_id, UnixTime(161), &Evidence::none()).await.unwrap());
     assert!(store.account_by_id(&a.user_id).await.unwrap().is_none());
     assert!(store.sessions_of(&a.user_id).await.unwrap().is_empty());
     assert!(store.was_erased(&a.user_id).await.unwrap());
@@ -103,7 +110,7 @@ async fn course_users(db: &Database) -> Vec<UserId> {
     let mut users = Vec::new();
     for b in 0..4u8 {
         let a = account(100 + b);
-        store.insert_account(&a).await.unwrap();
+        store.insert_account(&a, &Evidence::none()).await.unwrap();
         users.push(a.user_id);
     }
     users
@@ -134,21 +141,118 @@ async fn course_retention(db: &Database, users: &[UserId]) {
     s.enroll_free(&old, &users[1], t0).await.unwrap();
     s.enroll_free(&live, &users[1], t0).await.unwrap();
     // A pack expiring after 1 day with one code used and one not; an invitation expiring after 1 day.
-    let (_, codes) = s.create_seat_pack(&org, &old, 2, 1, t0).await.unwrap();
+    let (_, codes) = s.create_seat_pack(&org, &old, 2, 1, &users[0], t0).await.unwrap();
     s.redeem_seat(codes[0].as_str(), &users[2], t0).await.unwrap();
     let _ = s.invite(&old, &users[0], 1, t0).await.unwrap();
     let later = t0.plus_secs(86_400 + 10);
     assert!(db.retention_due(Rule::ExpiredSeatCodes, later.0).await.unwrap().len() == 1, "the unused code only");
-    assert_eq!(db.retention_delete(Rule::ExpiredSeatCodes, later.0).await.unwrap().len(), 1);
-    assert_eq!(db.retention_delete(Rule::ExpiredSeatCodes, later.0).await.unwrap().len(), 0, "once");
-    assert_eq!(db.retention_delete(Rule::ExpiredInvitations, t0.0).await.unwrap().len(), 0, "not yet expired");
-    assert_eq!(db.retention_delete(Rule::ExpiredInvitations, later.0).await.unwrap().len(), 1);
+    assert_eq!(db.retention_delete(Rule::ExpiredSeatCodes, later.0, &|_| Evidence::none()).await.unwrap().len(), 1);
+    assert_eq!(
+        db.retention_delete(Rule::ExpiredSeatCodes, later.0, &|_| Evidence::none()).await.unwrap().len(),
+        0,
+        "once"
+    );
+    assert_eq!(
+        db.retention_delete(Rule::ExpiredInvitations, t0.0, &|_| Evidence::none()).await.unwrap().len(),
+        0,
+        "not yet expired"
+    );
+    assert_eq!(db.retention_delete(Rule::ExpiredInvitations, later.0, &|_| Evidence::none()).await.unwrap().len(), 1);
     // Enrollments: cutoff after the old course ended, before the live one will.
-    let gone = db.retention_delete(Rule::EndedCourseEnrollments, t0.plus_secs(8000).0).await.unwrap();
+    let gone =
+        db.retention_delete(Rule::EndedCourseEnrollments, t0.plus_secs(8000).0, &|_| Evidence::none()).await.unwrap();
     assert_eq!(gone.len(), 2, "the old course's two enrollments (free and seat): {gone:?}");
     assert!(gone.iter().all(|id| id.starts_with(old.course.id.as_str())));
     assert_eq!(s.course(&live.course.id).await.unwrap().students, vec![users[1].clone()]);
     assert!(s.course(&old.course.id).await.unwrap().students.is_empty());
+}
+
+/// Runs raw SQL on whichever pool the database has (test setup only).
+async fn exec(db: &Database, sql: &str) {
+    match db {
+        Database::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        Database::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A change and its audit entries are one transaction: when the entry cannot be written, the change does not stand
+/// either; and concurrent appenders leave one contiguous log with times that never go back.
+async fn evidence_is_atomic_and_appenders_serialize(db: &Database, break_audit: &str, mend_audit: &str) {
+    use cloister_courses::{CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
+    let s = Arc::new(Courses::new(db.course_store(), Arc::new(PaymentsNotConfigured), CoursesConfig::default()));
+    let accounts = db.account_store();
+    let mut users = Vec::new();
+    for b in 0..24u8 {
+        let a = account(200 + b);
+        accounts.insert_account(&a, &Evidence::none()).await.unwrap();
+        users.push(a.user_id);
+    }
+    let t0 = UnixTime(1_900_000_000);
+    let input = CourseInput {
+        title: "Atomic".into(),
+        description: String::new(),
+        price_minor: 0,
+        currency: "EUR".into(),
+        visibility: Visibility::Public,
+    };
+    let course = s.create_course(None, &input, &users[0], t0).await.unwrap();
+    let record = s.course(&course.id).await.unwrap();
+    let before = db.audit_all_entries().await.unwrap().len();
+
+    exec(db, break_audit).await;
+    assert!(s.enroll_free(&record, &users[1], t0).await.is_err(), "the audit write failed, so must the enrollment");
+    let (code, _) = s.invite(&record, &users[0], 3, t0).await.unwrap();
+    assert!(s.redeem_invitation(code.as_str(), &users[2], t0).await.is_err());
+    assert!(s.delete_course(&record, &users[0], t0).await.is_err());
+    exec(db, mend_audit).await;
+    let now = s.course(&course.id).await.unwrap();
+    assert!(now.students.is_empty(), "no enrollment stands without its entry");
+    assert_eq!(db.audit_all_entries().await.unwrap().len(), before, "and no entry without its change");
+    assert_eq!(s.redeem_invitation(code.as_str(), &users[2], t0).await.unwrap(), course.id, "the code is still unused");
+
+    // 22 learners enroll at once, with clocks that disagree: one contiguous log, times never going back.
+    let mut tasks = Vec::new();
+    for (i, u) in users[2..].iter().enumerate() {
+        let (s, record, u) = (s.clone(), record.clone(), u.clone());
+        let at = t0.plus_secs(if i % 2 == 0 { 5 } else { 1 });
+        tasks.push(tokio::spawn(async move { s.enroll_free(&record, &u, at).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let entries = db.audit_all_entries().await.unwrap();
+    assert_eq!(entries.len(), before + 1 + 21, "the invitation's entry and 21 new enrollments (users[2] was enrolled)");
+    let times: Vec<i64> = entries.iter().map(|b| AuditEntry::decode(b).unwrap().at_ms).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(s.course(&course.id).await.unwrap().students.len(), 22);
+}
+
+#[tokio::test]
+async fn sqlite_evidence_is_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_sqlite(dir.path()).await.unwrap();
+    evidence_is_atomic_and_appenders_serialize(
+        &db,
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'audit down'); END;",
+        "DROP TRIGGER audit_down;",
+    )
+    .await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_evidence_is_atomic() {
+    let url = cloister_testkit::postgres().fresh_database().await;
+    let db = Database::open_postgres(&url).await.unwrap();
+    evidence_is_atomic_and_appenders_serialize(
+        &db,
+        "CREATE FUNCTION audit_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit down'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER audit_down BEFORE INSERT ON audit_entries FOR EACH ROW EXECUTE FUNCTION audit_down();",
+        "DROP TRIGGER audit_down ON audit_entries; DROP FUNCTION audit_down();",
+    )
+    .await;
+    db.close().await;
 }
 
 #[tokio::test]
@@ -156,10 +260,13 @@ async fn sqlite_course_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open_sqlite(dir.path()).await.unwrap();
     let users = course_users(&db).await;
-    cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    cloister_courses::conformance::run_all(db.course_store(), &users, || async {
+        db.audit_all_entries().await.unwrap()
+    })
+    .await;
     course_retention(&db, &users).await;
     // Erasing an account removes its roles and enrollments with it.
-    assert!(db.account_store().erase_account(&users[2], UnixTime(200)).await.unwrap());
+    assert!(db.account_store().erase_account(&users[2], UnixTime(200), &Evidence::none()).await.unwrap());
     let Database::Sqlite(p) = &db else { panic!("opened as SQLite") };
     for table in ["enrollments", "org_roles", "course_staff"] {
         let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1"))
@@ -183,7 +290,10 @@ async fn postgres_course_store_conforms() {
     let url = cloister_testkit::postgres().fresh_database().await;
     let db = Database::open_postgres(&url).await.unwrap();
     let users = course_users(&db).await;
-    cloister_courses::conformance::run_all(db.course_store(), &users).await;
+    cloister_courses::conformance::run_all(db.course_store(), &users, || async {
+        db.audit_all_entries().await.unwrap()
+    })
+    .await;
     course_retention(&db, &users).await;
     db.close().await;
 }
