@@ -158,6 +158,33 @@ async fn scenario(backend: Backend) {
     .await;
     assert_eq!(st, 403, "students do not schedule");
 
+    // Admission: a session of one seat takes one learner; staff always get in; outsiders never.
+    let (st, small) = call(
+        &s,
+        Some(&teacher),
+        M::POST,
+        &sessions,
+        Some(json!({"starts_at": "2099-02-01T10:00:00Z", "ends_at": "2099-02-01T11:00:00Z", "capacity": 1})),
+    )
+    .await;
+    assert_eq!(st, 201, "{small}");
+    let join = format!("/api/v1/live-sessions/{}/participants", small["id"].as_str().unwrap());
+    let (st, p) = call(&s, Some(&learner), M::POST, &join, None).await;
+    assert_eq!((st, p["role"].as_str(), p["learners"].as_u64()), (201, Some("learner"), Some(1)), "{p}");
+    assert_eq!(call(&s, Some(&learner), M::POST, &join, None).await.0, 200, "joining again changes nothing");
+    let (st, e) = call(&s, Some(&outsider), M::POST, &join, None).await;
+    assert_eq!((st, code(&e)), (403, "forbidden"), "not enrolled");
+    let second = user(&s, "second@example.org").await;
+    assert_eq!(call(&s, Some(&second), M::POST, &enroll, None).await.0, 201);
+    let (st, e) = call(&s, Some(&second), M::POST, &join, None).await;
+    assert_eq!((st, code(&e)), (409, "session_full"));
+    let (st, p) = call(&s, Some(&teacher), M::POST, &join, None).await;
+    assert_eq!((st, p["role"].as_str()), (201, Some("staff")), "{p}");
+    assert_eq!(call(&s, Some(&learner), M::DELETE, &format!("{join}/me"), None).await.0, 204);
+    assert_eq!(call(&s, Some(&learner), M::DELETE, &format!("{join}/me"), None).await.0, 404);
+    assert_eq!(call(&s, Some(&second), M::POST, &join, None).await.0, 201, "the freed seat");
+    assert_eq!(call(&s, Some(&second), M::POST, "/api/v1/live-sessions/nope/participants", None).await.0, 404);
+
     // An org-only course and a seat pack for it: a member redeems once; others cannot use the same code.
     let body = json!({"org_id": org_id, "title": "Acme secure coding", "price_minor": 0, "currency": "EUR", "visibility": "org"});
     let (st, oc) = call(&s, Some(&admin), M::POST, "/api/v1/courses", Some(body.clone())).await;
@@ -230,10 +257,10 @@ async fn scenario(backend: Backend) {
     assert!(!text.contains(&code0), "seat codes never reach the audit log");
     assert!(
         text.contains(&format!(
-            "\"kind\":\"course_deleted\",\"actor\":\"{}\",\"course\":\"{free_id}\",\"enrollments\":1",
+            "\"kind\":\"course_deleted\",\"actor\":\"{}\",\"course\":\"{free_id}\",\"enrollments\":2",
             teacher.id
         )),
-        "the free course's deletion names its one enrollment"
+        "the free course's deletion names its two enrollments"
     );
     assert!(text.contains(&format!("\"course\":\"{oc_id}\"")) && text.contains(&format!("\"org\":\"{org_id}\"")));
     assert!(!text.contains("Dr. Tee") && !text.contains("example.org"), "no names or emails in the audit log");

@@ -26,6 +26,7 @@ where
     bad_input_is_refused_with_the_field(&store, users).await;
     catalog_searches_public_courses_and_pages(&store, users).await;
     invitations_enroll_once_until_they_expire(&store, users).await;
+    live_sessions_admit_learners_up_to_their_capacity(&store, users).await;
     every_change_is_stored_with_its_audit_entries_and_failures_with_none(&store, users, &audit).await;
 }
 
@@ -142,6 +143,27 @@ async fn invitations_enroll_once_until_they_expire(store: &Arc<dyn CourseStore>,
     assert!(matches!(s.redeem_invitation("x", &b, T0).await, Err(CourseError::Redeem(RedeemError::Unknown))));
     assert!(s.invite(&r, &teacher, 0, T0).await.is_err());
     assert_eq!(s.course(&c.id).await.unwrap().students, vec![a]);
+}
+
+async fn live_sessions_admit_learners_up_to_their_capacity(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    let s = svc(store);
+    let (teacher, a, b, c) = (&users[0], &users[1], &users[2], &users[3]);
+    let course = s.create_course(None, &input("Small room", 0, Visibility::Public), teacher, T0).await.unwrap();
+    let r = s.course(&course.id).await.unwrap();
+    let session = s.schedule_session(&r, T0.plus_secs(600), T0.plus_secs(4200), 2, T0).await.unwrap();
+    assert_eq!(s.join_session(&session, &r, a, T0).await.unwrap(), (true, 1), "before the start: the waiting room");
+    assert_eq!(s.join_session(&session, &r, a, T0).await.unwrap(), (false, 1), "twice is a no-op");
+    assert_eq!(s.join_session(&session, &r, b, T0).await.unwrap(), (true, 2));
+    assert!(matches!(s.join_session(&session, &r, c, T0).await, Err(CourseError::SessionFull)));
+    assert_eq!(s.join_session(&session, &r, teacher, T0.plus_secs(1)).await.unwrap(), (true, 2), "staff take no seat");
+    s.leave_session(&session.id, a).await.unwrap();
+    assert!(matches!(s.leave_session(&session.id, a).await, Err(CourseError::NotFound)));
+    assert_eq!(s.join_session(&session, &r, c, T0.plus_secs(700)).await.unwrap(), (true, 2), "a freed seat");
+    assert_eq!(s.participants(&session.id).await.unwrap(), vec![b.clone(), teacher.clone(), c.clone()]);
+    assert!(matches!(s.join_session(&session, &r, a, T0.plus_secs(4200)).await, Err(CourseError::SessionEnded)));
+    // Deleting the course takes its sessions' participants along.
+    s.delete_course(&r, teacher, T0).await.unwrap();
+    assert!(s.participants(&session.id).await.unwrap().is_empty());
 }
 
 fn input(title: &str, price: i64, visibility: Visibility) -> CourseInput {

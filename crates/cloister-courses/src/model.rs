@@ -304,8 +304,22 @@ pub struct LiveSession {
     pub starts_at: UnixTime,
     /// Scheduled end.
     pub ends_at: UnixTime,
-    /// Most participants.
+    /// Most learners admitted at once (the course's teachers and TAs do not count).
     pub capacity: u32,
+}
+
+/// The outcome of asking to be admitted to a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted; `new` is false when the participant already was.
+    Admitted {
+        /// First admission (false: already a participant, nothing changed).
+        new: bool,
+        /// Learners admitted now, this one included.
+        learners: u32,
+    },
+    /// Every seat is taken.
+    Full,
 }
 
 /// How a learner came to be enrolled.

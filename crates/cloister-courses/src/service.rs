@@ -60,6 +60,12 @@ pub enum CourseError {
     /// No payment provider is configured.
     #[error("payments are not configured on this server")]
     PaymentNotConfigured,
+    /// Every learner seat of the live session is taken.
+    #[error("this live session is full")]
+    SessionFull,
+    /// The live session is over.
+    #[error("this live session has ended")]
+    SessionEnded,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -328,6 +334,40 @@ impl Courses {
         let s = self.store.session(id).await?.ok_or(CourseError::NotFound)?;
         let c = self.course(&s.course).await?;
         Ok((s, c))
+    }
+
+    /// Admits `user` to a live session of `course` (the caller asked Cedar for `session.join`, which requires
+    /// enrollment or a staff role). Teachers and TAs are always admitted; learners while a seat is free, until the
+    /// session's end. Returns whether this was a new admission and how many learners are in.
+    pub async fn join_session(
+        &self,
+        session: &LiveSession,
+        course: &CourseRecord,
+        user: &UserId,
+        now: UnixTime,
+    ) -> Result<(bool, u32), CourseError> {
+        if now.0 >= session.ends_at.0 {
+            return Err(CourseError::SessionEnded);
+        }
+        let staff = course.teachers.contains(user) || course.tas.contains(user);
+        match self.store.admit(session, user, staff, now).await? {
+            Admission::Admitted { new, learners } => Ok((new, learners)),
+            Admission::Full => Err(CourseError::SessionFull),
+        }
+    }
+
+    /// Leaves a live session (freeing the seat).
+    pub async fn leave_session(&self, session: &SessionId, user: &UserId) -> Result<(), CourseError> {
+        if self.store.leave(session, user).await? {
+            Ok(())
+        } else {
+            Err(CourseError::NotFound)
+        }
+    }
+
+    /// A live session's participants in the order they were admitted.
+    pub async fn participants(&self, session: &SessionId) -> Result<Vec<UserId>, CourseError> {
+        Ok(self.store.participants(session).await?)
     }
 
     /// Enrolls in a free course; `Ok(false)` if already enrolled.

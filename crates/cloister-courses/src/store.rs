@@ -81,6 +81,19 @@ pub trait CourseStore: Send + Sync {
     async fn sessions(&self, course: &CourseId) -> Result<Vec<LiveSession>, StoreError>;
     /// One live session.
     async fn session(&self, id: &SessionId) -> Result<Option<LiveSession>, StoreError>;
+    /// Admits `user` to the session unless it is full, in one transaction (concurrent joiners never exceed the
+    /// capacity). `staff` participants are admitted without taking a seat.
+    async fn admit(
+        &self,
+        session: &LiveSession,
+        user: &UserId,
+        staff: bool,
+        at: UnixTime,
+    ) -> Result<Admission, StoreError>;
+    /// Removes a participant (freeing the seat); `Ok(false)` when `user` was not one.
+    async fn leave(&self, session: &SessionId, user: &UserId) -> Result<bool, StoreError>;
+    /// A session's participants, in the order they were admitted.
+    async fn participants(&self, session: &SessionId) -> Result<Vec<UserId>, StoreError>;
 
     /// Enrolls; `Ok(false)` when already enrolled (nothing changes).
     async fn enroll(
@@ -148,6 +161,9 @@ struct Inner {
     /// code hash -> (course, expires at, redeemed by)
     invitations: BTreeMap<[u8; 32], (CourseId, UnixTime, Option<UserId>)>,
     audit: Vec<Vec<u8>>,
+    /// (session, user) -> (staff, joined at, admission order)
+    participants: BTreeMap<(SessionId, UserId), (bool, UnixTime, u64)>,
+    admitted: u64,
 }
 
 impl Inner {
@@ -158,7 +174,9 @@ impl Inner {
         let before = self.enrollments.len();
         self.enrollments.retain(|(c, _), _| c != id);
         let removed = (before - self.enrollments.len()) as u64;
+        let gone: Vec<SessionId> = self.sessions.values().filter(|s| &s.course == id).map(|s| s.id.clone()).collect();
         self.sessions.retain(|_, s| &s.course != id);
+        self.participants.retain(|(s, _), _| !gone.contains(s));
         let packs: Vec<SeatPackId> = self.packs.values().filter(|p| &p.course == id).map(|p| p.id.clone()).collect();
         self.packs.retain(|_, p| &p.course != id);
         self.codes.retain(|_, (p, _)| !packs.contains(p));
@@ -338,6 +356,45 @@ impl CourseStore for MemoryStore {
 
     async fn session(&self, id: &SessionId) -> Result<Option<LiveSession>, StoreError> {
         Ok(self.lock()?.sessions.get(id).cloned())
+    }
+
+    async fn admit(
+        &self,
+        session: &LiveSession,
+        user: &UserId,
+        staff: bool,
+        at: UnixTime,
+    ) -> Result<Admission, StoreError> {
+        let mut i = self.lock()?;
+        let learners =
+            |i: &Inner| i.participants.iter().filter(|((s, _), (st, _, _))| s == &session.id && !st).count() as u32;
+        let key = (session.id.clone(), user.clone());
+        if i.participants.contains_key(&key) {
+            return Ok(Admission::Admitted { new: false, learners: learners(&i) });
+        }
+        if !staff && learners(&i) >= session.capacity {
+            return Ok(Admission::Full);
+        }
+        i.admitted += 1;
+        let order = i.admitted;
+        i.participants.insert(key, (staff, at, order));
+        Ok(Admission::Admitted { new: true, learners: learners(&i) })
+    }
+
+    async fn leave(&self, session: &SessionId, user: &UserId) -> Result<bool, StoreError> {
+        Ok(self.lock()?.participants.remove(&(session.clone(), user.clone())).is_some())
+    }
+
+    async fn participants(&self, session: &SessionId) -> Result<Vec<UserId>, StoreError> {
+        let i = self.lock()?;
+        let mut v: Vec<(u64, UserId)> = i
+            .participants
+            .iter()
+            .filter(|((s, _), _)| s == session)
+            .map(|((_, u), (_, _, o))| (*o, u.clone()))
+            .collect();
+        v.sort();
+        Ok(v.into_iter().map(|(_, u)| u).collect())
     }
 
     async fn enroll(

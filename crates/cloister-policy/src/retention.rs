@@ -21,6 +21,8 @@ pub enum Rule {
     ExpiredInvitations,
     /// `enrollments` of courses whose last live session ended more than the class limit ago.
     EndedCourseEnrollments,
+    /// `session_participants` of live sessions that ended more than the class limit ago.
+    EndedSessionParticipants,
 }
 
 impl Rule {
@@ -31,6 +33,7 @@ impl Rule {
             "expired_seat_codes" => Some(Self::ExpiredSeatCodes),
             "expired_invitations" => Some(Self::ExpiredInvitations),
             "ended_course_enrollments" => Some(Self::EndedCourseEnrollments),
+            "ended_session_participants" => Some(Self::EndedSessionParticipants),
             _ => None,
         }
     }
@@ -43,6 +46,7 @@ impl Rule {
             Self::ExpiredSeatCodes => "expired_seat_codes",
             Self::ExpiredInvitations => "expired_invitations",
             Self::EndedCourseEnrollments => "ended_course_enrollments",
+            Self::EndedSessionParticipants => "ended_session_participants",
         }
     }
 }

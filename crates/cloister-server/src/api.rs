@@ -536,6 +536,8 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/api/v1/courses/{course_id}/invitations", post(c::create_invitation)),
         ("POST", "/api/v1/invitations/redeem", post(c::redeem_invitation)),
         ("GET", "/api/v1/live-sessions/{session_id}", get(c::get_session)),
+        ("POST", "/api/v1/live-sessions/{session_id}/participants", post(c::join_session)),
+        ("DELETE", "/api/v1/live-sessions/{session_id}/participants/me", delete(c::leave_session)),
         ("GET", "/api/v1/catalog", get(c::catalog)),
         ("GET", "/api/v1/audit/checkpoint", get(audit_checkpoint)),
         ("GET", "/api/v1/audit/entries", get(audit_entries)),

@@ -15,8 +15,8 @@ use cloister_courses::{
 use cloister_policy::{Action, Resource};
 use cloister_wire::{
     CatalogPage, CourseBody, CourseOut, EnrollmentOut, EnrollmentsOut, ErrorCode, InvitationOut, LiveSessionOut,
-    NewInvitation, NewLiveSession, NewOrg, NewSeatPack, OrgOut, RedeemSeat, RoleBody, SeatPackOut, SeatPacks,
-    TeacherProfileBody,
+    NewInvitation, NewLiveSession, NewOrg, NewSeatPack, OrgOut, ParticipationOut, RedeemSeat, RoleBody, SeatPackOut,
+    SeatPacks, TeacherProfileBody,
 };
 use serde::de::DeserializeOwned;
 
@@ -28,6 +28,8 @@ impl From<CourseError> for ApiError {
             CourseError::NotFound => Self::new(ErrorCode::NotFound, msg),
             CourseError::NotFree | CourseError::PaymentNotConfigured => Self::new(ErrorCode::PaymentNotConfigured, msg),
             CourseError::LastAdmin | CourseError::LastTeacher => Self::new(ErrorCode::LastOwner, msg),
+            CourseError::SessionFull => Self::new(ErrorCode::SessionFull, msg),
+            CourseError::SessionEnded => Self::new(ErrorCode::SessionEnded, msg),
             CourseError::Redeem(RedeemError::Unknown) => Self::new(ErrorCode::CodeUnknown, msg),
             CourseError::Redeem(RedeemError::Used) => Self::new(ErrorCode::CodeUsed, msg),
             CourseError::Redeem(RedeemError::Expired) => Self::new(ErrorCode::CodeExpired, msg),
@@ -344,6 +346,40 @@ pub async fn get_session(
     let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
     state.authorize(Some(&auth), Action::SessionRead, &resource).await?;
     Ok(Json(session_out(&s)))
+}
+
+/// `POST /api/v1/live-sessions/{session_id}/participants`: admission to a live session (Cedar `session.join`:
+/// its course's staff and enrolled students). Learners take a seat while one is free; staff always get in.
+pub async fn join_session(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<ParticipationOut>), ApiError> {
+    let sid = SessionId::parse(&id).ok_or_else(not_found)?;
+    let (s, c) = state.courses.session(&sid).await?;
+    let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
+    state.authorize(Some(&auth), Action::SessionJoin, &resource).await?;
+    let (new, learners) = state.courses.join_session(&s, &c, &auth.user_id, (state.clock)()).await?;
+    let staff = c.teachers.contains(&auth.user_id) || c.tas.contains(&auth.user_id);
+    let out = ParticipationOut {
+        session_id: s.id.to_string(),
+        role: if staff { "staff" } else { "learner" }.to_owned(),
+        new,
+        learners,
+        capacity: s.capacity,
+    };
+    Ok((if new { StatusCode::CREATED } else { StatusCode::OK }, Json(out)))
+}
+
+/// `DELETE /api/v1/live-sessions/{session_id}/participants/me`: leave, freeing the seat.
+pub async fn leave_session(
+    State(state): State<AppState>,
+    Auth(auth): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let sid = SessionId::parse(&id).ok_or_else(not_found)?;
+    state.courses.leave_session(&sid, &auth.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/courses/{course_id}/enrollments`: free courses enroll at once; paid ones go to the payment

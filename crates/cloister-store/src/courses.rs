@@ -6,9 +6,9 @@ use async_trait::async_trait;
 use cloister_accounts::{StoreError, UnixTime, UserId};
 use cloister_audit::Evidence;
 use cloister_courses::{
-    Course, CourseDeletionEvidence, CourseId, CourseRecord, CourseStore, EnrolledVia, InvitationEvidence, LiveSession,
-    Org, OrgDeletionEvidence, OrgId, OrgRecord, OrgRole, Price, RedeemError, SeatEvidence, SeatPack, SeatPackId,
-    SessionId, StaffRole, TeacherProfile, Visibility,
+    Admission, Course, CourseDeletionEvidence, CourseId, CourseRecord, CourseStore, EnrolledVia, InvitationEvidence,
+    LiveSession, Org, OrgDeletionEvidence, OrgId, OrgRecord, OrgRole, Price, RedeemError, SeatEvidence, SeatPack,
+    SeatPackId, SessionId, StaffRole, TeacherProfile, Visibility,
 };
 use sqlx::{PgPool, SqlitePool};
 
@@ -129,7 +129,7 @@ macro_rules! delete_course_in {
 }
 
 macro_rules! sql_course_store {
-    ($store:ident, $begin:expr, $lock:expr) => {
+    ($store:ident, $begin:expr, $lock:expr, $lock_session:expr) => {
         impl $store {
             async fn org_record(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
                 let row: Option<(String, String, i64)> =
@@ -383,6 +383,71 @@ macro_rules! sql_course_store {
                 row.map(session_from_row).transpose()
             }
 
+            async fn admit(&self, session: &LiveSession, user: &UserId, staff: bool, at: UnixTime) -> Result<Admission, StoreError> {
+                let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
+                let found: Option<(String,)> = sqlx::query_as($lock_session)
+                    .bind(session.id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if found.is_none() {
+                    return Err(StoreError::Backend("no such live session".into()));
+                }
+                let learners = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+                let count = "SELECT COUNT(*) FROM session_participants WHERE session_id = $1 AND staff = $2";
+                let (n,): (i64,) = sqlx::query_as(count)
+                    .bind(session.id.as_str())
+                    .bind(false)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let already: Option<(i64,)> =
+                    sqlx::query_as("SELECT joined_at FROM session_participants WHERE session_id = $1 AND user_id = $2")
+                        .bind(session.id.as_str())
+                        .bind(user.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                if already.is_some() {
+                    return Ok(Admission::Admitted { new: false, learners: learners(n) });
+                }
+                if !staff && learners(n) >= session.capacity {
+                    return Ok(Admission::Full);
+                }
+                sqlx::query("INSERT INTO session_participants (session_id, user_id, staff, joined_at) VALUES ($1, $2, $3, $4)")
+                    .bind(session.id.as_str())
+                    .bind(user.as_str())
+                    .bind(staff)
+                    .bind(at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(Admission::Admitted { new: true, learners: learners(n + i64::from(!staff)) })
+            }
+
+            async fn leave(&self, session: &SessionId, user: &UserId) -> Result<bool, StoreError> {
+                let n = sqlx::query("DELETE FROM session_participants WHERE session_id = $1 AND user_id = $2")
+                    .bind(session.as_str())
+                    .bind(user.as_str())
+                    .execute(&self.0)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn participants(&self, session: &SessionId) -> Result<Vec<UserId>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT user_id FROM session_participants WHERE session_id = $1 ORDER BY joined_at, user_id",
+                )
+                .bind(session.as_str())
+                .fetch_all(&self.0)
+                .await
+                .map_err(backend)?;
+                users(rows)
+            }
+
             async fn enroll(&self, course: &CourseId, user: &UserId, via: EnrolledVia, at: UnixTime, evidence: &Evidence) -> Result<bool, StoreError> {
                 let mut tx = self.0.begin_with($begin).await.map_err(backend)?;
                 let done = sqlx::query(
@@ -547,5 +612,7 @@ macro_rules! sql_course_store {
     };
 }
 
-sql_course_store!(SqliteCourses, SQLITE_BEGIN, "");
-sql_course_store!(PgCourses, PG_BEGIN, PG_AUDIT_LOCK);
+// Admission serializes on the session: SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks the
+// session's row so two joiners cannot both take the last seat.
+sql_course_store!(SqliteCourses, SQLITE_BEGIN, "", "SELECT id FROM live_sessions WHERE id = $1");
+sql_course_store!(PgCourses, PG_BEGIN, PG_AUDIT_LOCK, "SELECT id FROM live_sessions WHERE id = $1 FOR UPDATE");

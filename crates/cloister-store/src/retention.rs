@@ -43,6 +43,12 @@ fn target(rule: Rule) -> Result<Target, DatabaseError> {
             false,
             "course_id IN (SELECT course_id FROM live_sessions GROUP BY course_id HAVING MAX(ends_at) < $1)",
         ),
+        Rule::EndedSessionParticipants => t(
+            "session_participants",
+            "session_id || ':' || user_id",
+            false,
+            "session_id IN (SELECT id FROM live_sessions WHERE ends_at < $1)",
+        ),
         #[allow(unreachable_patterns)]
         other => Err(DatabaseError::Query(format!("retention rule {} has no storage mapping", other.as_str()))),
     }

@@ -136,8 +136,16 @@ async fn course_retention(db: &Database, users: &[UserId]) {
     let live = s.create_course(None, &input, &users[0], t0).await.unwrap();
     let live = s.course(&live.id).await.unwrap();
     // The old course's last session ended at t0+2h; the live one has one in the far future.
-    s.schedule_session(&old, t0.plus_secs(3600), t0.plus_secs(7200), 10, t0).await.unwrap();
-    s.schedule_session(&live, UnixTime(4_000_000_000), UnixTime(4_000_003_600), 10, t0).await.unwrap();
+    let old_session = s.schedule_session(&old, t0.plus_secs(3600), t0.plus_secs(7200), 10, t0).await.unwrap();
+    let live_session =
+        s.schedule_session(&live, UnixTime(4_000_000_000), UnixTime(4_000_003_600), 10, t0).await.unwrap();
+    s.join_session(&old_session, &old, &users[1], t0).await.unwrap();
+    s.join_session(&live_session, &live, &users[1], t0).await.unwrap();
+    // Participation: only the ended session's participants go.
+    let gone =
+        db.retention_delete(Rule::EndedSessionParticipants, t0.plus_secs(8000).0, &|_| Evidence::none()).await.unwrap();
+    assert_eq!(gone, vec![format!("{}:{}", old_session.id, users[1])]);
+    assert_eq!(s.participants(&live_session.id).await.unwrap(), vec![users[1].clone()]);
     s.enroll_free(&old, &users[1], t0).await.unwrap();
     s.enroll_free(&live, &users[1], t0).await.unwrap();
     // A pack expiring after 1 day with one code used and one not; an invitation expiring after 1 day.
@@ -226,6 +234,61 @@ async fn evidence_is_atomic_and_appenders_serialize(db: &Database, break_audit: 
     let times: Vec<i64> = entries.iter().map(|b| AuditEntry::decode(b).unwrap().at_ms).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert_eq!(s.course(&course.id).await.unwrap().students.len(), 22);
+}
+
+/// Ten learners ask for a seat in a session of three at once: exactly three get one.
+async fn concurrent_joiners_never_exceed_the_capacity(db: &Database) {
+    use cloister_courses::{CourseError, CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
+    let s = Arc::new(Courses::new(db.course_store(), Arc::new(PaymentsNotConfigured), CoursesConfig::default()));
+    let accounts = db.account_store();
+    let mut users = Vec::new();
+    for b in 0..11u8 {
+        let a = account(100 + b);
+        accounts.insert_account(&a, &Evidence::none()).await.unwrap();
+        users.push(a.user_id);
+    }
+    let t0 = UnixTime(1_900_000_000);
+    let input = CourseInput {
+        title: "Three seats".into(),
+        description: String::new(),
+        price_minor: 0,
+        currency: "EUR".into(),
+        visibility: Visibility::Public,
+    };
+    let course = s.create_course(None, &input, &users[0], t0).await.unwrap();
+    let record = s.course(&course.id).await.unwrap();
+    let session = s.schedule_session(&record, t0.plus_secs(60), t0.plus_secs(3600), 3, t0).await.unwrap();
+    let mut tasks = Vec::new();
+    for u in &users[1..] {
+        let (s, session, record, u) = (s.clone(), session.clone(), record.clone(), u.clone());
+        tasks.push(tokio::spawn(async move { s.join_session(&session, &record, &u, t0).await }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((true, _)) => admitted += 1,
+            Err(CourseError::SessionFull) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(s.participants(&session.id).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn sqlite_joiners_never_exceed_the_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_sqlite(dir.path()).await.unwrap();
+    concurrent_joiners_never_exceed_the_capacity(&db).await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn postgres_joiners_never_exceed_the_capacity() {
+    let url = cloister_testkit::postgres().fresh_database().await;
+    let db = Database::open_postgres(&url).await.unwrap();
+    concurrent_joiners_never_exceed_the_capacity(&db).await;
+    db.close().await;
 }
 
 #[tokio::test]

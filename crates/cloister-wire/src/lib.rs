@@ -226,6 +226,10 @@ pub enum ErrorCode {
     CodeExpired,
     /// 409: the change would leave an org without an admin or a course without a teacher.
     LastOwner,
+    /// 409: every learner seat of the live session is taken.
+    SessionFull,
+    /// 410: the live session has ended.
+    SessionEnded,
     /// 403: signed in, but the authorization policy does not allow this action on this resource.
     Forbidden,
     /// 404: no such route or resource.
@@ -257,6 +261,8 @@ impl ErrorCode {
         Self::CodeUsed,
         Self::CodeExpired,
         Self::LastOwner,
+        Self::SessionFull,
+        Self::SessionEnded,
         Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -283,6 +289,8 @@ impl ErrorCode {
             Self::CodeUsed => "code_used",
             Self::CodeExpired => "code_expired",
             Self::LastOwner => "last_owner",
+            Self::SessionFull => "session_full",
+            Self::SessionEnded => "session_ended",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -303,8 +311,8 @@ impl ErrorCode {
             Self::RateLimited => 429,
             Self::PaymentNotConfigured => 402,
             Self::CodeUnknown => 404,
-            Self::CodeUsed | Self::LastOwner => 409,
-            Self::CodeExpired => 410,
+            Self::CodeUsed | Self::LastOwner | Self::SessionFull => 409,
+            Self::CodeExpired | Self::SessionEnded => 410,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -481,6 +489,21 @@ pub struct LiveSessionOut {
     /// RFC 3339.
     pub ends_at: String,
     /// Most participants.
+    pub capacity: u32,
+}
+
+/// `POST /api/v1/live-sessions/{id}/participants`: the caller's admission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipationOut {
+    /// The live session.
+    pub session_id: String,
+    /// `staff` (teacher or TA: takes no seat) or `learner`.
+    pub role: String,
+    /// False when the caller already was a participant.
+    pub new: bool,
+    /// Learners admitted now.
+    pub learners: u32,
+    /// The session's learner seats.
     pub capacity: u32,
 }
 
