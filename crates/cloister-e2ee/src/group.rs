@@ -94,11 +94,14 @@ fn parse_identity(credential: &Credential) -> Option<(String, String)> {
     Some((u.to_owned(), d.to_owned()))
 }
 
+/// Leaf capabilities. A KeyPackage's own extensions must be listed here too (RFC 9420 §10.1), so the last-resort
+/// one lists LastResort: without it every last-resort KeyPackage failed validation (the delivery service's tests
+/// found it).
 fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&[CIPHERSUITE]),
-        Some(&[ExtensionType::Unknown(ROLES_EXTENSION)]),
+        Some(&[ExtensionType::Unknown(ROLES_EXTENSION), ExtensionType::LastResort]),
         None,
         Some(&[CredentialType::Basic]),
     )

@@ -284,3 +284,16 @@ fn safety_code_format() {
     assert_eq!(safety_code(&[0u8; 32]), safety_code(&[0u8; 32]));
     assert_ne!(safety_code(&[0u8; 32]), safety_code(&[1u8; 32]));
 }
+
+#[test]
+fn last_resort_key_packages_validate() {
+    // Regression: the leaf capabilities lacked LastResort, so every last-resort KeyPackage failed validation.
+    let m = member("s");
+    let kps = m.identity.as_ref().unwrap().key_packages(&m.provider, 1, true).unwrap();
+    assert_eq!(kps.len(), 2);
+    for bytes in kps {
+        let msg = MlsMessageIn::tls_deserialize_exact(&bytes).unwrap();
+        let MlsMessageBodyIn::KeyPackage(kp) = msg.extract() else { panic!("not a KeyPackage") };
+        kp.validate(m.provider.crypto(), ProtocolVersion::Mls10).unwrap();
+    }
+}
