@@ -77,6 +77,20 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The committer's batch: read the log, commit every pending proposal, and merge once the service accepted it.
+    fn commit_pending(&mut self, ds: &mut DeliveryService<Signer>, now_ms: i64) {
+        self.catch_up(ds, now_ms);
+        let g = self.group.as_mut().unwrap();
+        if g.pending_proposals() > 0 {
+            let out = g.commit_pending(&self.provider).unwrap();
+            let acc = ds.submit(G, &self.device, out.commit, out.welcome, now_ms).unwrap();
+            g.confirm_commit(&self.provider, now_ms).unwrap();
+            self.cursor = acc.seq + 1;
+        }
+    }
+}
+
 fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let ds_id = ExternalSenderIdentity::generate().unwrap();
@@ -104,14 +118,7 @@ fn run(seed: u64) {
             ds.join(G, &clients[i].device, now_s()).unwrap();
         }
         now_ms += 200;
-        teacher.catch_up(&ds, now_ms);
-        let t = teacher.group.as_mut().unwrap();
-        if t.pending_proposals() > 0 {
-            let out = t.commit_pending(&teacher.provider).unwrap();
-            let acc = ds.submit(G, &teacher.device, out.commit, out.welcome, now_ms).unwrap();
-            t.confirm_commit(&teacher.provider, now_ms).unwrap();
-            teacher.cursor = acc.seq + 1;
-        }
+        teacher.commit_pending(&mut ds, now_ms);
         for c in clients.iter_mut() {
             if rng.gen_bool(0.7) {
                 c.catch_up(&ds, now_ms);
@@ -128,14 +135,7 @@ fn run(seed: u64) {
     }
     // Commit whatever Adds were re-proposed after a commit that had not seen them, until everyone is in.
     for _ in 0..4 {
-        teacher.catch_up(&ds, now_ms);
-        let t = teacher.group.as_mut().unwrap();
-        if t.pending_proposals() > 0 {
-            let out = t.commit_pending(&teacher.provider).unwrap();
-            let acc = ds.submit(G, &teacher.device, out.commit, out.welcome, now_ms).unwrap();
-            t.confirm_commit(&teacher.provider, now_ms).unwrap();
-            teacher.cursor = acc.seq + 1;
-        }
+        teacher.commit_pending(&mut ds, now_ms);
     }
     for c in clients.iter_mut() {
         c.catch_up(&ds, now_ms);
