@@ -16,6 +16,7 @@ mod password;
 mod service;
 mod store;
 mod throttle;
+mod tickets;
 mod time_util;
 mod token;
 
@@ -24,6 +25,7 @@ pub use password::{check_password, Argon2Config, ConfigError, PasswordHasher, MA
 pub use service::{AccountError, Accounts, AccountsConfig, Authenticated, InlineOffload, Offload};
 pub use store::{AccountRecord, AccountStore, MemoryStore, SessionRecord, StoreError};
 pub use throttle::{BucketRule, Throttle, ThrottleConfig, ThrottleKey, TokenBucket};
+pub use tickets::{TicketBook, TicketError, MAX_TICKETS, TICKETS_PER_USER, TICKET_TTL_MS};
 pub use time_util::UnixTime;
 pub use token::{RecoveryCode, SessionToken, TokenHash, UserId};
 

@@ -24,7 +24,7 @@ impl From<AuditError> for ApiError {
 use cloister_policy::{Action, Policy, Principal, Resource};
 use cloister_wire::{
     AccountCreated, AuditCheckpoint, AuditEntries, AuditEntryOut, AuditProof, Credentials, ErrorBody, ErrorCode,
-    ErrorDetail, Health, Me, RecoverRequest, Recovered, SessionCreated,
+    ErrorDetail, Health, Me, RecoverRequest, Recovered, SessionCreated, WsTicket,
 };
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -62,6 +62,8 @@ pub struct AppState {
     pub db: cloister_store::Database,
     /// The course service.
     pub courses: Arc<cloister_courses::Courses>,
+    /// Outstanding WebSocket tickets (in memory, hashed; see `cloister_accounts::TicketBook`).
+    pub tickets: Arc<std::sync::Mutex<cloister_accounts::TicketBook>>,
 }
 
 impl AppState {
@@ -321,6 +323,19 @@ async fn log_in(
     ))
 }
 
+/// `POST /api/v1/ws-tickets`: a single-use ticket to open the WebSocket with (browsers cannot send a bearer header
+/// there, and a token in a URL would end up in logs).
+async fn ws_ticket(State(state): State<AppState>, Auth(auth): Auth) -> Result<(StatusCode, Json<WsTicket>), ApiError> {
+    let now_ms = state.now_ms();
+    let issued = match state.tickets.lock() {
+        Ok(mut book) => book.issue(&auth.user_id, now_ms),
+        Err(_) => return Err(ApiError::internal(&"ticket book lock poisoned")),
+    };
+    let (ticket, expires_ms) = issued.map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    let expires_at = UnixTime(expires_ms / 1000).to_rfc3339();
+    Ok((StatusCode::CREATED, Json(WsTicket { ticket: ticket.to_string(), expires_at })))
+}
+
 async fn log_out(State(state): State<AppState>, Auth(auth): Auth) -> Result<StatusCode, ApiError> {
     state.accounts.log_out(&auth).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -511,6 +526,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/api/v1/accounts/recover", post(recover)),
         ("POST", "/api/v1/sessions", post(log_in)),
         ("DELETE", "/api/v1/sessions/current", delete(log_out)),
+        ("POST", "/api/v1/ws-tickets", post(ws_ticket)),
         ("GET", "/api/v1/me", get(me)),
         ("DELETE", "/api/v1/me", delete(erase)),
         ("GET", "/api/v1/me/export", get(export)),

@@ -121,6 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(cloister_courses::PaymentsNotConfigured),
             cloister_courses::CoursesConfig::default(),
         )),
+        tickets: Default::default(),
     };
     let app = api::router(state.clone());
 

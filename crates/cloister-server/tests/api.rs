@@ -49,6 +49,7 @@ async fn harness() -> Harness {
             cloister_courses::CoursesConfig::default(),
         )),
         db,
+        tickets: Default::default(),
     };
     Harness { app: router(state.clone()), now, state, _dir: dir }
 }
@@ -458,6 +459,23 @@ async fn sign_up_floods_from_one_address_get_429() {
     assert_eq!(i, 10, "burst of 10 sign-ups per address");
     assert_error(&r, 429, "rate_limited");
     assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn ws_tickets_are_for_signed_in_users_and_never_repeat() {
+    let h = harness().await;
+    assert_error(&h.call(Method::POST, "/api/v1/ws-tickets", None, None).await, 401, "missing_token");
+    let token = h.sign_up_and_log_in("ws@example.org", "correct horse battery").await;
+    let a = h.call(Method::POST, "/api/v1/ws-tickets", Some(&token), None).await;
+    let b = h.call(Method::POST, "/api/v1/ws-tickets", Some(&token), None).await;
+    assert_eq!((a.status, b.status), (StatusCode::CREATED, StatusCode::CREATED), "{:?}", a.body);
+    let (ta, tb) = (a.body["ticket"].as_str().unwrap(), b.body["ticket"].as_str().unwrap());
+    assert!(ta.starts_with("cwt_") && ta != tb);
+    assert!(a.body["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let book = &h.state.tickets;
+    let user = book.lock().unwrap().redeem(ta, h.state.now_ms());
+    assert!(user.is_some(), "the ticket names its user");
+    assert!(book.lock().unwrap().redeem(ta, h.state.now_ms()).is_none(), "once");
 }
 
 #[tokio::test]

@@ -492,6 +492,21 @@ pub struct LiveSessionOut {
     pub capacity: u32,
 }
 
+/// `POST /api/v1/ws-tickets`: what opens the WebSocket once. Never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsTicket {
+    /// `cwt_` + 43 base64url characters; single use.
+    pub ticket: String,
+    /// RFC 3339; about 30 seconds from now.
+    pub expires_at: String,
+}
+
+impl fmt::Debug for WsTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsTicket").field("ticket", &"<redacted>").field("expires_at", &self.expires_at).finish()
+    }
+}
+
 /// `POST /api/v1/live-sessions/{id}/participants`: the caller's admission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipationOut {
