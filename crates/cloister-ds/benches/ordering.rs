@@ -5,22 +5,11 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use cloister_ds::{DeliveryService, Device, DsError, ExternalSigner, Header, Limits};
+use cloister_ds::{DeliveryService, Device, Header, Limits};
 use cloister_e2ee::group::{ClientIdentity, ExternalSenderIdentity, Provider, SessionGroup};
 use cloister_e2ee::message::AppMessage;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Instant;
-
-struct Signer(ExternalSenderIdentity);
-
-impl ExternalSigner for Signer {
-    fn propose_add(&self, g: &[u8], epoch: u64, kp: &[u8]) -> Result<Vec<u8>, DsError> {
-        self.0.propose_add(g, epoch, kp).map_err(|_| DsError::Malformed)
-    }
-    fn propose_remove(&self, g: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, DsError> {
-        self.0.propose_remove(g, epoch, leaf).map_err(|_| DsError::Malformed)
-    }
-}
 
 const G: &[u8] = b"bench-session";
 
@@ -47,7 +36,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("submit_chat", |b| {
         b.iter_custom(|iters| {
             // A fresh service per sample, so the log's memory stays bounded.
-            let mut ds = DeliveryService::new(Signer(ExternalSenderIdentity::generate().unwrap()), limits);
+            let mut ds = DeliveryService::new(ExternalSenderIdentity::generate().unwrap(), limits);
             ds.create_group(G, teacher.clone(), vec![teacher.clone()]).unwrap();
             let start = Instant::now();
             for i in 0..iters {

@@ -25,12 +25,25 @@ pub use keypackages::{Device, DirectoryLimits, KeyPackageDirectory, StoredKeyPac
 
 use std::collections::HashMap;
 
-/// Signs the service's proposals as the groups' external sender (`cloister-e2ee`'s `ExternalSenderIdentity`).
+/// Signs the service's proposals as the groups' external sender.
 pub trait ExternalSigner {
     /// An Add proposal for `key_package` in `group_id` at `epoch`.
     fn propose_add(&self, group_id: &[u8], epoch: u64, key_package: &[u8]) -> Result<Vec<u8>, DsError>;
     /// A Remove proposal for the member at `leaf`.
     fn propose_remove(&self, group_id: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, DsError>;
+}
+
+/// The service's identity in `cloister-e2ee`: a signing key and a credential, no group secret.
+impl ExternalSigner for cloister_e2ee::group::ExternalSenderIdentity {
+    fn propose_add(&self, group_id: &[u8], epoch: u64, key_package: &[u8]) -> Result<Vec<u8>, DsError> {
+        cloister_e2ee::group::ExternalSenderIdentity::propose_add(self, group_id, epoch, key_package)
+            .map_err(|_| DsError::Malformed)
+    }
+
+    fn propose_remove(&self, group_id: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, DsError> {
+        cloister_e2ee::group::ExternalSenderIdentity::propose_remove(self, group_id, epoch, leaf)
+            .map_err(|_| DsError::Malformed)
+    }
 }
 
 /// Limits with stable error codes.

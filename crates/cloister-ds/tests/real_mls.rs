@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use cloister_ds::{DeliveryService, Device, DsError, ExternalSigner, Limits, Sender};
+use cloister_ds::{DeliveryService, Device, DsError, Limits, Sender};
 use cloister_e2ee::group::{ClientIdentity, ExternalSenderIdentity, GroupEvent, Provider, SessionGroup};
 use cloister_e2ee::message::AppMessage;
 use rand::rngs::StdRng;
@@ -15,17 +15,6 @@ use rand::{Rng, SeedableRng};
 /// KeyPackages carry a lifetime from the wall clock (openmls), so the fake clock starts at the real time.
 fn now_s() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-struct Signer(ExternalSenderIdentity);
-
-impl ExternalSigner for Signer {
-    fn propose_add(&self, g: &[u8], epoch: u64, kp: &[u8]) -> Result<Vec<u8>, DsError> {
-        self.0.propose_add(g, epoch, kp).map_err(|_| DsError::Malformed)
-    }
-    fn propose_remove(&self, g: &[u8], epoch: u64, leaf: u32) -> Result<Vec<u8>, DsError> {
-        self.0.propose_remove(g, epoch, leaf).map_err(|_| DsError::Malformed)
-    }
 }
 
 struct Client {
@@ -54,7 +43,7 @@ impl Client {
     }
 
     /// Reads the log from its cursor (or enters from its Welcome first).
-    fn catch_up(&mut self, ds: &DeliveryService<Signer>, now_ms: i64) {
+    fn catch_up(&mut self, ds: &DeliveryService<ExternalSenderIdentity>, now_ms: i64) {
         let log = ds.group(G).unwrap();
         if self.group.is_none() {
             let Some((seq, welcome)) = log.welcome_for(&self.device) else { return };
@@ -79,7 +68,7 @@ impl Client {
 
 impl Client {
     /// The committer's batch: read the log, commit every pending proposal, and merge once the service accepted it.
-    fn commit_pending(&mut self, ds: &mut DeliveryService<Signer>, now_ms: i64) {
+    fn commit_pending(&mut self, ds: &mut DeliveryService<ExternalSenderIdentity>, now_ms: i64) {
         self.catch_up(ds, now_ms);
         let g = self.group.as_mut().unwrap();
         if g.pending_proposals() > 0 {
@@ -95,7 +84,7 @@ fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let ds_id = ExternalSenderIdentity::generate().unwrap();
     let external = ds_id.external_sender();
-    let mut ds = DeliveryService::new(Signer(ds_id), Limits::default());
+    let mut ds = DeliveryService::new(ds_id, Limits::default());
     let mut now_ms: i64 = (now_s() * 1000) as i64;
     let mut teacher = Client::new("teacher");
     let tid = teacher.identity.take().unwrap();
@@ -190,7 +179,7 @@ fn a_class_through_the_delivery_service_agrees_on_one_history() {
 #[test]
 fn malformed_bytes_unknown_groups_and_oversize_messages_are_refused_with_codes() {
     let ds_id = ExternalSenderIdentity::generate().unwrap();
-    let mut ds = DeliveryService::new(Signer(ds_id), Limits { max_message: 1000, ..Limits::default() });
+    let mut ds = DeliveryService::new(ds_id, Limits { max_message: 1000, ..Limits::default() });
     let t: Device = ("teacher".into(), "d".into());
     ds.create_group(G, t.clone(), vec![t.clone()]).unwrap();
     assert_eq!(ds.create_group(G, t.clone(), vec![]), Err(DsError::GroupExists));

@@ -187,25 +187,8 @@ async fn exec(db: &Database, sql: &str) {
 /// A change and its audit entries are one transaction: when the entry cannot be written, the change does not stand
 /// either; and concurrent appenders leave one contiguous log with times that never go back.
 async fn evidence_is_atomic_and_appenders_serialize(db: &Database, break_audit: &str, mend_audit: &str) {
-    use cloister_courses::{CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
-    let s = Arc::new(Courses::new(db.course_store(), Arc::new(PaymentsNotConfigured), CoursesConfig::default()));
-    let accounts = db.account_store();
-    let mut users = Vec::new();
-    for b in 0..24u8 {
-        let a = account(200 + b);
-        accounts.insert_account(&a, &Evidence::none()).await.unwrap();
-        users.push(a.user_id);
-    }
-    let t0 = UnixTime(1_900_000_000);
-    let input = CourseInput {
-        title: "Atomic".into(),
-        description: String::new(),
-        price_minor: 0,
-        currency: "EUR".into(),
-        visibility: Visibility::Public,
-    };
-    let course = s.create_course(None, &input, &users[0], t0).await.unwrap();
-    let record = s.course(&course.id).await.unwrap();
+    let (s, users, record, t0) = course_with_users(db, 24, 200, "Atomic").await;
+    let course = record.course.clone();
     let before = db.audit_all_entries().await.unwrap().len();
 
     exec(db, break_audit).await;
@@ -236,20 +219,26 @@ async fn evidence_is_atomic_and_appenders_serialize(db: &Database, break_audit: 
     assert_eq!(s.course(&course.id).await.unwrap().students.len(), 22);
 }
 
-/// Ten learners ask for a seat in a session of three at once: exactly three get one.
-async fn concurrent_joiners_never_exceed_the_capacity(db: &Database) {
-    use cloister_courses::{CourseError, CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
+/// A course service over `db`, `n` fresh accounts (email bytes from `first`), and a free public course taught by
+/// the first of them.
+async fn course_with_users(
+    db: &Database,
+    n: u8,
+    first: u8,
+    title: &str,
+) -> (Arc<cloister_courses::Courses>, Vec<UserId>, cloister_courses::CourseRecord, UnixTime) {
+    use cloister_courses::{CourseInput, Courses, CoursesConfig, PaymentsNotConfigured, Visibility};
     let s = Arc::new(Courses::new(db.course_store(), Arc::new(PaymentsNotConfigured), CoursesConfig::default()));
     let accounts = db.account_store();
     let mut users = Vec::new();
-    for b in 0..11u8 {
-        let a = account(100 + b);
+    for b in 0..n {
+        let a = account(first + b);
         accounts.insert_account(&a, &Evidence::none()).await.unwrap();
         users.push(a.user_id);
     }
     let t0 = UnixTime(1_900_000_000);
     let input = CourseInput {
-        title: "Three seats".into(),
+        title: title.into(),
         description: String::new(),
         price_minor: 0,
         currency: "EUR".into(),
@@ -257,6 +246,13 @@ async fn concurrent_joiners_never_exceed_the_capacity(db: &Database) {
     };
     let course = s.create_course(None, &input, &users[0], t0).await.unwrap();
     let record = s.course(&course.id).await.unwrap();
+    (s, users, record, t0)
+}
+
+/// Ten learners ask for a seat in a session of three at once: exactly three get one.
+async fn concurrent_joiners_never_exceed_the_capacity(db: &Database) {
+    use cloister_courses::CourseError;
+    let (s, users, record, t0) = course_with_users(db, 11, 100, "Three seats").await;
     let session = s.schedule_session(&record, t0.plus_secs(60), t0.plus_secs(3600), 3, t0).await.unwrap();
     let mut tasks = Vec::new();
     for u in &users[1..] {
