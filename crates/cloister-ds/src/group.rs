@@ -34,6 +34,12 @@ pub struct Entry {
     pub sender: Sender,
     /// The MLS message, as received.
     pub bytes: Vec<u8>,
+    /// For the service's Add: the device and the KeyPackage reference it adds.
+    pub join: Option<(Device, Vec<u8>)>,
+    /// For the service's Remove: the device it removes.
+    pub remove: Option<Device>,
+    /// For a winning Commit: its Welcome.
+    pub welcome: Option<Welcome>,
 }
 
 /// A Welcome with the KeyPackage references it is addressed to.
@@ -81,8 +87,8 @@ pub struct GroupLog {
     pending_joins: Vec<PendingJoin>,
     /// Removes proposed in the current epoch.
     pending_removes: BTreeSet<Device>,
-    /// Welcomes waiting for their device: `(seq of the commit, Welcome bytes)`.
-    welcomes: BTreeMap<Device, (u64, Vec<u8>)>,
+    /// Welcomes waiting for their device: the seq of the Commit whose entry holds it.
+    welcomes: BTreeMap<Device, u64>,
     /// Commits accepted, by the epoch they ended (for the invariant checks and the custody record).
     commits: BTreeMap<u64, u64>,
 }
@@ -137,8 +143,34 @@ impl GroupLog {
 
     /// The Welcome waiting for `device`, if any: `(seq of its Commit, bytes)`. The device reads the log after that
     /// seq.
-    pub fn welcome_for(&self, device: &Device) -> Option<&(u64, Vec<u8>)> {
-        self.welcomes.get(device)
+    pub fn welcome_for(&self, device: &Device) -> Option<(u64, &[u8])> {
+        let seq = *self.welcomes.get(device)?;
+        let w = self.entries.get(usize::try_from(seq).ok()?)?.welcome.as_ref()?;
+        Some((seq, &w.bytes))
+    }
+
+    /// Rebuilds a group from its stored entries (a restarted server): the same epoch, members, pending joins and
+    /// removes, and Welcomes as before. Connections are not stored: nobody is connected after a restore. A log that
+    /// does not replay (a gap, a refused entry) is refused as malformed.
+    pub fn restore(
+        group_id: Vec<u8>,
+        creator: Device,
+        committers: Vec<Device>,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Self, DsError> {
+        let mut g = Self::new(group_id, creator, committers);
+        for e in entries {
+            if e.seq != g.next_seq() {
+                return Err(DsError::Malformed);
+            }
+            let header = Header { group_id: g.group_id.clone(), epoch: e.epoch, kind: e.kind };
+            let replayed = match e.sender {
+                Sender::Service => g.propose(&header, e.bytes, e.join, e.remove).map(|_| ()),
+                Sender::Member(d) => g.submit(&d, &header, e.bytes, e.welcome).map(|_| ()),
+            };
+            replayed.map_err(|_| DsError::Malformed)?;
+        }
+        Ok(g)
     }
 
     /// Marks a device connected or not (the committer is the first connected eligible member).
@@ -181,14 +213,22 @@ impl GroupLog {
             return Err(DsError::Malformed);
         }
         self.check_current(header.epoch)?;
-        if let Some((device, reference)) = join {
-            self.pending_joins.retain(|p| p.device != device);
-            self.pending_joins.push(PendingJoin { device, reference, epoch: self.epoch });
+        if let Some((device, reference)) = &join {
+            self.pending_joins.retain(|p| &p.device != device);
+            self.pending_joins.push(PendingJoin {
+                device: device.clone(),
+                reference: reference.clone(),
+                epoch: self.epoch,
+            });
         }
-        if let Some(device) = remove {
-            self.pending_removes.insert(device);
+        if let Some(device) = &remove {
+            self.pending_removes.insert(device.clone());
         }
-        Ok(self.append(header, Sender::Service, bytes))
+        let seq = self.append(header, Sender::Service, bytes);
+        if let Some(e) = self.entries.last_mut() {
+            (e.join, e.remove) = (join, remove);
+        }
+        Ok(seq)
     }
 
     /// Orders a member's message. A Commit for the current epoch wins it (`welcome` goes with it); one for a past
@@ -234,9 +274,7 @@ impl GroupLog {
             let recipients = welcome.as_ref().map(|w| w.recipients.clone()).unwrap_or_default();
             for p in std::mem::take(&mut self.pending_joins) {
                 if recipients.contains(&p.reference) {
-                    if let Some(w) = &welcome {
-                        self.welcomes.insert(p.device.clone(), (seq, w.bytes.clone()));
-                    }
+                    self.welcomes.insert(p.device.clone(), seq);
                     self.members.insert(p.device.clone());
                     out.welcomed.push(p.device);
                 } else {
@@ -249,6 +287,9 @@ impl GroupLog {
                     self.connected.remove(&d);
                     out.removed.push(d);
                 }
+            }
+            if let Some(e) = self.entries.last_mut() {
+                e.welcome = welcome;
             }
         }
         Ok(out)
@@ -279,7 +320,16 @@ impl GroupLog {
 
     fn append(&mut self, header: &Header, sender: Sender, bytes: Vec<u8>) -> u64 {
         let seq = self.entries.len() as u64;
-        self.entries.push(Entry { seq, epoch: header.epoch, kind: header.kind, sender, bytes });
+        self.entries.push(Entry {
+            seq,
+            epoch: header.epoch,
+            kind: header.kind,
+            sender,
+            bytes,
+            join: None,
+            remove: None,
+            welcome: None,
+        });
         seq
     }
 }
@@ -309,7 +359,7 @@ mod tests {
         assert_eq!((acc.seq, acc.epoch), (2, 1));
         assert_eq!(acc.welcomed, vec![a.clone()]);
         assert_eq!(acc.not_covered, vec![b.clone()], "its committer had not seen b's Add");
-        assert_eq!(g.welcome_for(&a), Some(&(2, b"welcome".to_vec())));
+        assert_eq!(g.welcome_for(&a), Some((2, &b"welcome"[..])));
         assert!(g.welcome_for(&b).is_none());
         assert!(!g.commit_due());
         // A second commit for epoch 0 lost; a's commit for epoch 1 wins.
