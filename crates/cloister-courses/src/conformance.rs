@@ -151,14 +151,22 @@ async fn live_sessions_admit_learners_up_to_their_capacity(store: &Arc<dyn Cours
     let course = s.create_course(None, &input("Small room", 0, Visibility::Public), teacher, T0).await.unwrap();
     let r = s.course(&course.id).await.unwrap();
     let session = s.schedule_session(&r, T0.plus_secs(600), T0.plus_secs(4200), 2, T0).await.unwrap();
-    assert_eq!(s.join_session(&session, &r, a, T0).await.unwrap(), (true, 1), "before the start: the waiting room");
-    assert_eq!(s.join_session(&session, &r, a, T0).await.unwrap(), (false, 1), "twice is a no-op");
-    assert_eq!(s.join_session(&session, &r, b, T0).await.unwrap(), (true, 2));
+    assert_eq!(
+        s.join_session(&session, &r, a, T0).await.unwrap(),
+        (true, 1, false),
+        "before the start: the waiting room"
+    );
+    assert_eq!(s.join_session(&session, &r, a, T0).await.unwrap(), (false, 1, false), "twice is a no-op");
+    assert_eq!(s.join_session(&session, &r, b, T0).await.unwrap(), (true, 2, false));
     assert!(matches!(s.join_session(&session, &r, c, T0).await, Err(CourseError::SessionFull)));
-    assert_eq!(s.join_session(&session, &r, teacher, T0.plus_secs(1)).await.unwrap(), (true, 2), "staff take no seat");
+    assert_eq!(
+        s.join_session(&session, &r, teacher, T0.plus_secs(1)).await.unwrap(),
+        (true, 2, true),
+        "staff take no seat"
+    );
     s.leave_session(&session.id, a).await.unwrap();
     assert!(matches!(s.leave_session(&session.id, a).await, Err(CourseError::NotFound)));
-    assert_eq!(s.join_session(&session, &r, c, T0.plus_secs(700)).await.unwrap(), (true, 2), "a freed seat");
+    assert_eq!(s.join_session(&session, &r, c, T0.plus_secs(700)).await.unwrap(), (true, 2, false), "a freed seat");
     assert_eq!(s.participants(&session.id).await.unwrap(), vec![b.clone(), teacher.clone(), c.clone()]);
     assert!(matches!(s.join_session(&session, &r, a, T0.plus_secs(4200)).await, Err(CourseError::SessionEnded)));
     // Deleting the course takes its sessions' participants along.

@@ -338,20 +338,21 @@ impl Courses {
 
     /// Admits `user` to a live session of `course` (the caller asked Cedar for `session.join`, which requires
     /// enrollment or a staff role). Teachers and TAs are always admitted; learners while a seat is free, until the
-    /// session's end. Returns whether this was a new admission and how many learners are in.
+    /// session's end. Returns whether this was a new admission, how many learners are in, and whether `user` was
+    /// admitted as staff.
     pub async fn join_session(
         &self,
         session: &LiveSession,
         course: &CourseRecord,
         user: &UserId,
         now: UnixTime,
-    ) -> Result<(bool, u32), CourseError> {
+    ) -> Result<(bool, u32, bool), CourseError> {
         if now.0 >= session.ends_at.0 {
             return Err(CourseError::SessionEnded);
         }
         let staff = course.teachers.contains(user) || course.tas.contains(user);
         match self.store.admit(session, user, staff, now).await? {
-            Admission::Admitted { new, learners } => Ok((new, learners)),
+            Admission::Admitted { new, learners } => Ok((new, learners, staff)),
             Admission::Full => Err(CourseError::SessionFull),
         }
     }

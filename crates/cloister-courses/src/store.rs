@@ -177,11 +177,16 @@ impl Inner {
         let gone: Vec<SessionId> = self.sessions.values().filter(|s| &s.course == id).map(|s| s.id.clone()).collect();
         self.sessions.retain(|_, s| &s.course != id);
         self.participants.retain(|(s, _), _| !gone.contains(s));
-        let packs: Vec<SeatPackId> = self.packs.values().filter(|p| &p.course == id).map(|p| p.id.clone()).collect();
-        self.packs.retain(|_, p| &p.course != id);
-        self.codes.retain(|_, (p, _)| !packs.contains(p));
+        self.remove_packs(|p| &p.course == id);
         self.invitations.retain(|_, (c, _, _)| c != id);
         removed
+    }
+
+    /// Removes the seat packs `gone` picks, with their codes.
+    fn remove_packs(&mut self, gone: impl Fn(&SeatPack) -> bool) {
+        let packs: Vec<SeatPackId> = self.packs.values().filter(|p| gone(p)).map(|p| p.id.clone()).collect();
+        self.packs.retain(|_, p| !gone(p));
+        self.codes.retain(|_, (p, _)| !packs.contains(p));
     }
 }
 
@@ -257,9 +262,7 @@ impl CourseStore for MemoryStore {
             i.courses.values().filter(|c| c.org.as_ref() == Some(org)).map(|c| c.id.clone()).collect();
         let removed: Vec<(CourseId, u64)> = courses.into_iter().map(|c| (c.clone(), i.remove_course(&c))).collect();
         i.org_roles.retain(|(o, _), _| o != org);
-        let packs: Vec<SeatPackId> = i.packs.values().filter(|p| &p.org == org).map(|p| p.id.clone()).collect();
-        i.packs.retain(|_, p| &p.org != org);
-        i.codes.retain(|_, (p, _)| !packs.contains(p));
+        i.remove_packs(|p| &p.org == org);
         evidence(&removed).append_to(&mut i.audit);
         Ok(true)
     }

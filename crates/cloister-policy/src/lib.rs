@@ -368,8 +368,7 @@ impl Policy {
                 .collect();
             return Err(PolicyError::Validation(all.join("; ")));
         }
-        let retention =
-            retention::RetentionPolicy { classes: Vec::new(), info: Default::default(), automated: Vec::new() };
+        let retention = retention::RetentionPolicy { info: Default::default(), automated: Vec::new() };
         Ok(Self { retention, policies, schema, authorizer: Authorizer::new(), digests: Vec::new() })
     }
 

@@ -111,9 +111,7 @@ pub struct ClassInfo {
 /// The parsed retention policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
-    /// Every class name, automated or not.
-    pub classes: Vec<String>,
-    /// Every class's description, limit, trigger and enforcement, by name.
+    /// Every class (automated or not) with its description, limit, trigger and enforcement, by name.
     pub info: BTreeMap<String, ClassInfo>,
     /// The automated ones.
     pub automated: Vec<AutomatedClass>,
@@ -172,7 +170,7 @@ impl RetentionPolicy {
                 (name, info)
             })
             .collect::<BTreeMap<_, _>>();
-        Ok(Self { classes: info.keys().cloned().collect(), info, automated })
+        Ok(Self { info, automated })
     }
 
     /// What is due at `now` (unix seconds), one entry per automated class.

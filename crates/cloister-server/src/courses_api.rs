@@ -359,8 +359,7 @@ pub async fn join_session(
     let (s, c) = state.courses.session(&sid).await?;
     let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
     state.authorize(Some(&auth), Action::SessionJoin, &resource).await?;
-    let (new, learners) = state.courses.join_session(&s, &c, &auth.user_id, (state.clock)()).await?;
-    let staff = c.teachers.contains(&auth.user_id) || c.tas.contains(&auth.user_id);
+    let (new, learners, staff) = state.courses.join_session(&s, &c, &auth.user_id, (state.clock)()).await?;
     let out = ParticipationOut {
         session_id: s.id.to_string(),
         role: if staff { "staff" } else { "learner" }.to_owned(),

@@ -42,25 +42,27 @@ pub async fn run(
         // A fresh salt per run, then forgotten: the commitment cannot be tested against guessed ids.
         let mut salt = [0u8; 16];
         ring::rand::SystemRandom::new().fill(&mut salt).map_err(|_| anyhow::anyhow!("no randomness"))?;
-        // The deletion and its entry are one transaction: rows never go without the run being recorded.
+        // The deletion and its entry are one transaction: rows never go without the run being recorded. The
+        // report is the entry's own event, so what is printed is what was recorded.
+        let recorded = std::sync::Mutex::new(None);
         let evidence = |ids: &[String]| {
-            Evidence::of(
-                now_secs.saturating_mul(1000),
-                [AuditEvent::RetentionRun {
-                    policy: due.policy_id.clone(),
-                    class: due.class.clone(),
-                    count: ids.len() as u64,
-                    commitment: commitment(&salt, ids),
-                }],
-            )
+            let event = AuditEvent::RetentionRun {
+                policy: due.policy_id.clone(),
+                class: due.class.clone(),
+                count: ids.len() as u64,
+                commitment: commitment(&salt, ids),
+            };
+            if let Ok(mut r) = recorded.lock() {
+                *r = Some(event.clone());
+            }
+            Evidence::of(now_secs.saturating_mul(1000), [event])
         };
-        let ids = db.retention_delete(due.rule, due.cutoff, &evidence).await?;
-        reports.push(ClassReport {
-            policy_id: due.policy_id,
-            class: due.class,
-            count: ids.len() as u64,
-            commitment: commitment(&salt, &ids),
-        });
+        db.retention_delete(due.rule, due.cutoff, &evidence).await?;
+        let event = recorded.into_inner().ok().flatten();
+        let Some(AuditEvent::RetentionRun { policy, class, count, commitment }) = event else {
+            anyhow::bail!("retention of {} recorded no audit event", due.class);
+        };
+        reports.push(ClassReport { policy_id: policy, class, count, commitment });
     }
     Ok(reports)
 }

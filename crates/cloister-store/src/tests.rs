@@ -262,7 +262,7 @@ async fn concurrent_joiners_never_exceed_the_capacity(db: &Database) {
     let mut admitted = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Ok((true, _)) => admitted += 1,
+            Ok((true, _, false)) => admitted += 1,
             Err(CourseError::SessionFull) => {}
             other => panic!("{other:?}"),
         }
