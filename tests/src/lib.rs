@@ -54,6 +54,8 @@ pub struct Server {
     stderr_path: PathBuf,
     extra: Vec<String>,
     logs_before: String,
+    /// `127.0.0.1:0` until the first start, then the port it got (a restart keeps the address).
+    listen: String,
 }
 
 impl Server {
@@ -74,6 +76,7 @@ impl Server {
             database_url,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             logs_before: String::new(),
+            listen: "127.0.0.1:0".into(),
         };
         s.spawn();
         s
@@ -114,6 +117,19 @@ impl Server {
     pub fn stop(&mut self) -> ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
         self.stop_after_signal()
+    }
+
+    /// Kills the server with SIGKILL (no shutdown at all) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server is running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.logs_before = self.logs();
+    }
+
+    /// Starts a stopped or killed server again on the same address, data dir and database.
+    pub fn start_again(&mut self) {
+        self.spawn();
     }
 
     /// Waits for the exit of a server that was already signalled.
@@ -165,7 +181,7 @@ impl Server {
         let stdout = std::fs::File::create(&self.stdout_path).unwrap();
         let stderr = std::fs::File::create(&self.stderr_path).unwrap();
         let mut cmd = Command::new(cloister_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.data_dir);
+        cmd.args(["serve", "--listen", &self.listen, "--data-dir"]).arg(&self.data_dir);
         if !self.extra.iter().any(|a| a == "--https") {
             cmd.arg("--plain-http");
         }
@@ -181,6 +197,7 @@ impl Server {
             let out = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
             if let Some(line) = out.lines().find(|l| l.starts_with("listening on ")) {
                 self.base = line.trim_start_matches("listening on ").trim().to_owned();
+                self.listen = self.base.rsplit("://").next().unwrap_or_default().to_owned();
                 self.child = Some(child);
                 return Ok(());
             }

@@ -77,6 +77,21 @@ pub enum DsError {
     /// A KeyPackage that was uploaded or handed out before.
     #[error("a KeyPackage was uploaded before")]
     KeyPackageReused,
+    /// The device is a member already.
+    #[error("already a member of this group")]
+    AlreadyMember,
+    /// The device's Add waits for a commit already.
+    #[error("already joining: the Add waits for the next commit")]
+    AlreadyJoining,
+    /// The device's Remove waits for a commit already.
+    #[error("already leaving: the Remove waits for the next commit")]
+    AlreadyLeaving,
+    /// The service does not know the member's leaf (its committer has not reported it yet).
+    #[error("the member's leaf is not known yet")]
+    LeafUnknown,
+    /// A committer's report does not match what the service saw.
+    #[error("the report does not match the log: {0}")]
+    BadReport(&'static str),
     /// The device has no KeyPackage left: it must upload more before it can be added.
     #[error("no KeyPackage left for this device")]
     NoKeyPackage,
@@ -102,6 +117,11 @@ impl DsError {
             Self::KeyPackageExpired => "key_package_expired",
             Self::KeyPackageReused => "key_package_reused",
             Self::NoKeyPackage => "no_key_package",
+            Self::AlreadyMember => "already_member",
+            Self::LeafUnknown => "leaf_unknown",
+            Self::AlreadyJoining => "already_joining",
+            Self::AlreadyLeaving => "already_leaving",
+            Self::BadReport(_) => "bad_report",
         }
     }
 }

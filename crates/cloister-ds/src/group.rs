@@ -64,6 +64,9 @@ pub struct Accepted {
     pub not_covered: Vec<Device>,
     /// Devices removed by this Commit.
     pub removed: Vec<Device>,
+    /// The service's new Adds for `not_covered` (filled by [`crate::DeliveryService::submit`]): each proposal's
+    /// seq and the KeyPackage it claimed.
+    pub reproposed: Vec<(u64, crate::StoredKeyPackage)>,
 }
 
 /// An Add the service proposed and no Commit has covered yet.
@@ -91,6 +94,10 @@ pub struct GroupLog {
     welcomes: BTreeMap<Device, u64>,
     /// Commits accepted, by the epoch they ended (for the invariant checks and the custody record).
     commits: BTreeMap<u64, u64>,
+    /// Members' leaf indexes as their committers reported them (the creator is at 0). The service cannot read the
+    /// tree; it needs the leaf only to address its Remove proposals, and every member checks those against its own
+    /// roster.
+    leaves: BTreeMap<Device, u32>,
 }
 
 impl GroupLog {
@@ -100,13 +107,14 @@ impl GroupLog {
             group_id,
             epoch: 0,
             entries: Vec::new(),
-            members: BTreeSet::from([creator]),
+            members: BTreeSet::from([creator.clone()]),
             committers,
             connected: BTreeSet::new(),
             pending_joins: Vec::new(),
             pending_removes: BTreeSet::new(),
             welcomes: BTreeMap::new(),
             commits: BTreeMap::new(),
+            leaves: BTreeMap::from([(creator, 0)]),
         }
     }
 
@@ -166,11 +174,34 @@ impl GroupLog {
             let header = Header { group_id: g.group_id.clone(), epoch: e.epoch, kind: e.kind };
             let replayed = match e.sender {
                 Sender::Service => g.propose(&header, e.bytes, e.join, e.remove).map(|_| ()),
-                Sender::Member(d) => g.submit(&d, &header, e.bytes, e.welcome).map(|_| ()),
+                Sender::Member(d) => g.order(&d, &header, e.bytes, e.welcome, false).map(|_| ()),
             };
             replayed.map_err(|_| DsError::Malformed)?;
         }
         Ok(g)
+    }
+
+    /// The seq of the Commit whose Welcome brought `device` in, if one did.
+    pub fn welcomed_at(&self, device: &Device) -> Option<u64> {
+        self.welcomes.get(device).copied()
+    }
+
+    /// A member's leaf, as reported.
+    pub fn leaf_of(&self, device: &Device) -> Option<u32> {
+        self.leaves.get(device).copied()
+    }
+
+    /// Records a member's leaf (from its committer's report, or from the store on restore). Refused for a
+    /// non-member, or a leaf another member holds.
+    pub fn set_leaf(&mut self, device: &Device, leaf: u32) -> Result<(), DsError> {
+        if !self.members.contains(device) {
+            return Err(DsError::NotAMember);
+        }
+        if self.leaves.iter().any(|(d, l)| *l == leaf && d != device) {
+            return Err(DsError::BadReport("another member holds that leaf"));
+        }
+        self.leaves.insert(device.clone(), leaf);
+        Ok(())
     }
 
     /// Marks a device connected or not (the committer is the first connected eligible member).
@@ -197,6 +228,11 @@ impl GroupLog {
     /// Devices with an Add proposed and not yet covered.
     pub fn joining(&self) -> impl Iterator<Item = &Device> {
         self.pending_joins.iter().map(|p| &p.device)
+    }
+
+    /// Devices with a Remove proposed in this epoch.
+    pub fn leaving(&self) -> impl Iterator<Item = &Device> {
+        self.pending_removes.iter()
     }
 
     /// Appends a proposal the service made (as the external sender) in the current epoch: an Add for `join`'s
@@ -241,8 +277,21 @@ impl GroupLog {
         bytes: Vec<u8>,
         welcome: Option<Welcome>,
     ) -> Result<Accepted, DsError> {
+        self.order(from, header, bytes, welcome, true)
+    }
+
+    /// [`Self::submit`]; a replay (`check_member` false) trusts that the stored sender was a member when the entry
+    /// was accepted (its account may have been erased since, which clears the sender's user id).
+    fn order(
+        &mut self,
+        from: &Device,
+        header: &Header,
+        bytes: Vec<u8>,
+        welcome: Option<Welcome>,
+        check_member: bool,
+    ) -> Result<Accepted, DsError> {
         self.check_group(header)?;
-        if !self.members.contains(from) {
+        if check_member && !self.members.contains(from) {
             return Err(DsError::NotAMember);
         }
         if welcome.is_some() && header.kind != Kind::Commit {
@@ -284,6 +333,7 @@ impl GroupLog {
             for d in std::mem::take(&mut self.pending_removes) {
                 if self.members.remove(&d) {
                     self.welcomes.remove(&d);
+                    self.leaves.remove(&d);
                     self.connected.remove(&d);
                     out.removed.push(d);
                 }

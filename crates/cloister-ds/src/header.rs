@@ -50,6 +50,19 @@ impl Header {
     }
 }
 
+/// The leaf of a PublicMessage's member sender (in clear in the framing; the service cannot verify it, so it only
+/// cross-checks what a committer reports). `None` for other senders and for PrivateMessages.
+pub fn sender_leaf(bytes: &[u8]) -> Option<u32> {
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes).ok()?;
+    match msg.try_into_protocol_message().ok()? {
+        ProtocolMessage::PublicMessage(pm) => match pm.sender() {
+            openmls::prelude::Sender::Member(leaf) => Some(leaf.u32()),
+            _ => None,
+        },
+        ProtocolMessage::PrivateMessage(_) => None,
+    }
+}
+
 /// What the directory needs to know of a KeyPackage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPackageInfo {

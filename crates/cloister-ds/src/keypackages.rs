@@ -103,6 +103,11 @@ impl KeyPackageDirectory {
         }
     }
 
+    /// The directory's limits.
+    pub fn limits(&self) -> DirectoryLimits {
+        self.limits
+    }
+
     /// Unused KeyPackages `device` holds (last resort not counted).
     pub fn available(&self, device: &Device) -> usize {
         self.devices.get(device).map_or(0, |d| d.fresh.len())
@@ -122,6 +127,22 @@ impl KeyPackageDirectory {
         }
         self.devices.retain(|_, k| !k.fresh.is_empty() || k.last_resort.is_some());
         n
+    }
+
+    /// Puts back a KeyPackage the store kept (a restarted server); no limit applies, it was checked at upload.
+    pub fn restore(&mut self, device: &Device, kp: StoredKeyPackage) {
+        self.seen.insert(kp.info.reference.clone());
+        let keys = self.devices.entry(device.clone()).or_default();
+        if kp.info.last_resort {
+            keys.last_resort = Some(kp);
+        } else {
+            keys.fresh.push_back(kp);
+        }
+    }
+
+    /// Remembers a reference that was accepted before (handed out since), so it can never be uploaded again.
+    pub fn remember(&mut self, reference: Vec<u8>) {
+        self.seen.insert(reference);
     }
 
     /// Forgets a device's KeyPackages (the device was removed or its account erased).

@@ -158,24 +158,73 @@ impl<S: ExternalSigner> DeliveryService<S> {
         self.directory.upload(device, parsed, now_secs)
     }
 
+    /// The KeyPackage directory, to put back what the store kept.
+    pub fn directory_mut(&mut self) -> &mut KeyPackageDirectory {
+        &mut self.directory
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupLog> {
+        self.groups.values()
+    }
+
+    /// A group, to record what the store or a committer reports (leaves, connections).
+    pub fn group_mut(&mut self, group_id: &[u8]) -> Option<&mut GroupLog> {
+        self.groups.get_mut(group_id)
+    }
+
+    /// Puts back a group rebuilt from the store ([`GroupLog::restore`]).
+    pub fn insert_restored(&mut self, group: GroupLog) -> Result<(), DsError> {
+        if self.groups.contains_key(group.group_id()) {
+            return Err(DsError::GroupExists);
+        }
+        self.groups.insert(group.group_id().to_vec(), group);
+        Ok(())
+    }
+
+    /// Drops a group (its session was deleted or its log expired).
+    pub fn forget_group(&mut self, group_id: &[u8]) -> Option<GroupLog> {
+        self.group_buckets.remove(group_id);
+        self.groups.remove(group_id)
+    }
+
     /// Proposes adding `device` (the server authorized the join) with one of its KeyPackages; returns the
-    /// proposal's seq. The committer picks it up with the next batch.
-    pub fn join(&mut self, group_id: &[u8], device: &Device, now_secs: u64) -> Result<u64, DsError> {
+    /// proposal's seq and the KeyPackage it claimed (so the caller can store that it is used). The committer picks
+    /// the proposal up with the next batch. Refused for a member; a device whose Add waits for a commit gets
+    /// [`DsError::AlreadyJoining`] and keeps its KeyPackages.
+    pub fn join(
+        &mut self,
+        group_id: &[u8],
+        device: &Device,
+        now_secs: u64,
+    ) -> Result<(u64, StoredKeyPackage), DsError> {
         let group = self.groups.get(group_id).ok_or(DsError::UnknownGroup)?;
+        if group.is_member(device) {
+            return Err(DsError::AlreadyMember);
+        }
+        if group.joining().any(|d| d == device) {
+            return Err(DsError::AlreadyJoining);
+        }
         let epoch = group.epoch();
         let kp = self.directory.claim(device, now_secs)?;
         let bytes = self.signer.propose_add(group_id, epoch, &kp.bytes)?;
         let header = Header::parse(&bytes)?;
         let group = self.groups.get_mut(group_id).ok_or(DsError::UnknownGroup)?;
-        group.propose(&header, bytes, Some((device.clone(), kp.info.reference)), None)
+        let seq = group.propose(&header, bytes, Some((device.clone(), kp.info.reference.clone())), None)?;
+        Ok((seq, kp))
     }
 
-    /// Proposes removing `device`, which is at `leaf` (leaving, or removed by the server).
-    pub fn remove(&mut self, group_id: &[u8], device: &Device, leaf: u32) -> Result<u64, DsError> {
+    /// Proposes removing `device` (leaving, or removed by the server) at the leaf its committer reported. Refused
+    /// when its Remove is already proposed in this epoch.
+    pub fn remove(&mut self, group_id: &[u8], device: &Device) -> Result<u64, DsError> {
         let group = self.groups.get(group_id).ok_or(DsError::UnknownGroup)?;
         if !group.is_member(device) {
             return Err(DsError::NotAMember);
         }
+        if group.leaving().any(|d| d == device) {
+            return Err(DsError::AlreadyLeaving);
+        }
+        let leaf = group.leaf_of(device).ok_or(DsError::LeafUnknown)?;
         let bytes = self.signer.propose_remove(group_id, group.epoch(), leaf)?;
         let header = Header::parse(&bytes)?;
         let group = self.groups.get_mut(group_id).ok_or(DsError::UnknownGroup)?;
@@ -209,11 +258,13 @@ impl<S: ExternalSigner> DeliveryService<S> {
             None => None,
         };
         let group = self.groups.get_mut(group_id).ok_or(DsError::UnknownGroup)?;
-        let accepted = group.submit(from, &header, bytes, welcome)?;
+        let mut accepted = group.submit(from, &header, bytes, welcome)?;
         let now_secs = u64::try_from(now_ms / 1000).unwrap_or(0);
-        for d in &accepted.not_covered {
+        for d in accepted.not_covered.clone() {
             // A device with no KeyPackage left stays out until it uploads more and asks again.
-            let _ = self.join(group_id, d, now_secs);
+            if let Ok(re) = self.join(group_id, &d, now_secs) {
+                accepted.reproposed.push(re);
+            }
         }
         Ok(accepted)
     }

@@ -182,6 +182,25 @@ impl ExternalSenderIdentity {
         Ok(Self { signer, credential: BasicCredential::new(b"cloister-delivery-service".to_vec()).into() })
     }
 
+    /// The signing key as bytes (openmls's serde form of the key pair), to keep across restarts: the groups name
+    /// this key, so a new one would orphan them. Zeroized on drop; store it like the audit key (mode 0600, outside
+    /// the database). It signs proposals only and decrypts nothing.
+    pub fn to_secret_bytes(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, GroupError> {
+        // Written into one buffer large enough from the start, so no reallocation leaves a copy behind.
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(1024));
+        serde_json::to_writer(&mut *out, &self.signer).map_err(|e| GroupError::Internal(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// The identity from [`Self::to_secret_bytes`].
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, GroupError> {
+        let signer: SignatureKeyPair = serde_json::from_slice(bytes).map_err(|_| GroupError::Malformed)?;
+        if signer.signature_scheme() != CIPHERSUITE.signature_algorithm() || signer.public().is_empty() {
+            return Err(GroupError::Malformed);
+        }
+        Ok(Self { signer, credential: BasicCredential::new(b"cloister-delivery-service".to_vec()).into() })
+    }
+
     /// The public part that goes into every group's external_senders extension.
     pub fn external_sender(&self) -> ExternalSender {
         ExternalSender::new(self.signer.public().into(), self.credential.clone())

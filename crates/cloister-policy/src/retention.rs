@@ -23,6 +23,13 @@ pub enum Rule {
     EndedCourseEnrollments,
     /// `session_participants` of live sessions that ended more than the class limit ago.
     EndedSessionParticipants,
+    /// The delivery service's group logs (`ds_groups`, cascading to entries and leaves) of live sessions that ended
+    /// more than the class limit ago.
+    EndedSessionLogs,
+    /// Unused `ds_key_packages` whose lifetime ended more than the class limit ago.
+    ExpiredKeyPackages,
+    /// `ds_used_key_packages` references whose KeyPackage's lifetime ended more than the class limit ago.
+    ExpiredKeyPackageReferences,
 }
 
 impl Rule {
@@ -34,6 +41,9 @@ impl Rule {
             "expired_invitations" => Some(Self::ExpiredInvitations),
             "ended_course_enrollments" => Some(Self::EndedCourseEnrollments),
             "ended_session_participants" => Some(Self::EndedSessionParticipants),
+            "ended_session_logs" => Some(Self::EndedSessionLogs),
+            "expired_key_packages" => Some(Self::ExpiredKeyPackages),
+            "expired_key_package_references" => Some(Self::ExpiredKeyPackageReferences),
             _ => None,
         }
     }
@@ -47,6 +57,9 @@ impl Rule {
             Self::ExpiredInvitations => "expired_invitations",
             Self::EndedCourseEnrollments => "ended_course_enrollments",
             Self::EndedSessionParticipants => "ended_session_participants",
+            Self::EndedSessionLogs => "ended_session_logs",
+            Self::ExpiredKeyPackages => "expired_key_packages",
+            Self::ExpiredKeyPackageReferences => "expired_key_package_references",
         }
     }
 }

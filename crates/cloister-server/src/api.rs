@@ -64,6 +64,10 @@ pub struct AppState {
     pub courses: Arc<cloister_courses::Courses>,
     /// Outstanding WebSocket tickets (in memory, hashed; see `cloister_accounts::TicketBook`).
     pub tickets: Arc<std::sync::Mutex<cloister_accounts::TicketBook>>,
+    /// The delivery service behind `/api/v1/ws`.
+    pub live: Arc<crate::live::LiveHub>,
+    /// Its limits.
+    pub live_limits: cloister_ds::Limits,
 }
 
 impl AppState {
@@ -75,7 +79,12 @@ impl AppState {
     /// The principal for a caller: anonymous, or a user with their platform roles.
     pub async fn principal(&self, auth: Option<&Authenticated>) -> Result<Principal, ApiError> {
         let Some(auth) = auth else { return Ok(Principal::Anonymous) };
-        let id = auth.user_id.to_string();
+        self.principal_of(&auth.user_id.to_string()).await
+    }
+
+    /// The principal for a signed-in user id (a WebSocket's ticket named it).
+    pub async fn principal_of(&self, user_id: &str) -> Result<Principal, ApiError> {
+        let id = user_id.to_owned();
         let reviewer = self.db.has_platform_role(&id, REVIEWER_ROLE).await.map_err(|e| ApiError::internal(&e))?;
         Ok(Principal::User { id, reviewer })
     }
@@ -88,6 +97,16 @@ impl AppState {
         resource: &Resource,
     ) -> Result<(), ApiError> {
         let principal = self.principal(auth).await?;
+        self.authorize_principal(principal, action, resource).await
+    }
+
+    /// [`Self::authorize`] for a principal already known.
+    pub async fn authorize_principal(
+        &self,
+        principal: Principal,
+        action: Action,
+        resource: &Resource,
+    ) -> Result<(), ApiError> {
         match self.policy.authorize(&principal, action, resource) {
             Ok(d) if d.allowed => Ok(()),
             Ok(d) => {
@@ -527,6 +546,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/api/v1/sessions", post(log_in)),
         ("DELETE", "/api/v1/sessions/current", delete(log_out)),
         ("POST", "/api/v1/ws-tickets", post(ws_ticket)),
+        ("GET", "/api/v1/ws", get(crate::live::ws)),
         ("GET", "/api/v1/me", get(me)),
         ("DELETE", "/api/v1/me", delete(erase)),
         ("GET", "/api/v1/me/export", get(export)),

@@ -11,41 +11,21 @@ use cloister_audit::merkle::{self, leaf_hash, Hash};
 use cloister_audit::verify::{leaf_hashes, verify_log, Verdict};
 use cloister_audit::{AuditEvent, Checkpoint, CheckpointSigner, Evidence, Frontier, SignedCheckpoint};
 use cloister_store::Database;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex;
 
 /// Loads the signing key, creating it (mode 0600) when the file does not exist. Returns whether it was created.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<(CheckpointSigner, bool)> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!("audit signing key {} is readable by others (mode {mode:o}); chmod 600 it", path.display());
-            }
-            let signer = CheckpointSigner::from_pkcs8(&bytes)
-                .with_context(|| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
-            Ok((signer, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (signer, pkcs8) = CheckpointSigner::generate(&ring::rand::SystemRandom::new())?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create audit signing key {}", path.display()))?;
-            f.write_all(&pkcs8)?;
-            f.sync_all()?;
-            Ok((signer, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read audit signing key {}", path.display())),
+    const WHAT: &str = "audit signing key";
+    if let Some(bytes) = crate::keyfile::read_private(path, WHAT)? {
+        let signer = CheckpointSigner::from_pkcs8(&bytes)
+            .with_context(|| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
+        return Ok((signer, false));
     }
+    let (signer, pkcs8) = CheckpointSigner::generate(&ring::rand::SystemRandom::new())?;
+    crate::keyfile::create_private(path, &pkcs8, WHAT)?;
+    Ok((signer, true))
 }
 
 /// Loads an existing key only (for `cloister audit verify`: a missing key is an error, not a new key).

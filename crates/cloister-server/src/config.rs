@@ -165,6 +165,19 @@ pub struct ServeArgs {
     /// Seconds between signed audit checkpoints when there are new entries (default 60).
     #[arg(long, env = "CLOISTER_AUDIT_CHECKPOINT_SECS")]
     pub audit_checkpoint_secs: Option<u64>,
+    /// Largest MLS message the delivery service accepts, in bytes (default 2 MiB).
+    #[arg(long, env = "CLOISTER_DS_MAX_MESSAGE")]
+    pub ds_max_message: Option<usize>,
+    /// MLS messages one device may send per second, sustained (default 20; the burst is three times this).
+    #[arg(long, env = "CLOISTER_DS_DEVICE_RATE")]
+    pub ds_device_rate: Option<u32>,
+    /// MLS messages one session's group accepts per second, sustained (default 2000; the burst is twice this).
+    #[arg(long, env = "CLOISTER_DS_GROUP_RATE")]
+    pub ds_group_rate: Option<u32>,
+    /// Test hook: append every live-session WebSocket frame the server receives (`<`) and sends (`>`) to this file,
+    /// so a test can scan the application-layer bytes for canaries. Never use it in production.
+    #[arg(long, hide = true)]
+    pub capture_frames: Option<PathBuf>,
 }
 
 /// The TOML file's shape.

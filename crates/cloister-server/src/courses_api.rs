@@ -378,6 +378,8 @@ pub async fn leave_session(
 ) -> Result<StatusCode, ApiError> {
     let sid = SessionId::parse(&id).ok_or_else(not_found)?;
     state.courses.leave_session(&sid, &auth.user_id).await?;
+    // The delivery service proposes the Remove of the participant's devices; the committer commits it.
+    state.live.remove_user(&sid.to_string(), &auth.user_id.to_string());
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,6 +13,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod courses_api;
+pub mod keyfile;
+pub mod live;
 pub mod metrics;
 pub mod pepper;
 pub mod retention;

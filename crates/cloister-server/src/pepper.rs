@@ -2,8 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use cloister_accounts::EmailHasher;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -28,17 +27,7 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<(EmailHasher, bool)> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text = EmailHasher::generate_pepper_text("k1").context("generate pepper")?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create pepper file {}", path.display()))?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
+            crate::keyfile::create_private(path, text.as_bytes(), "pepper file")?;
             Ok((EmailHasher::from_pepper_text(&text).context("generated pepper")?, true))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read pepper file {}", path.display())),

@@ -109,6 +109,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let offload = Arc::new(TokioOffload::new(cores * 2));
     let accounts = Accounts::new(db.account_store(), emails, config.accounts.clone(), offload)
         .context("invalid account settings")?;
+    let d = cloister_ds::Limits::default();
+    let (device_rate, group_rate) =
+        (args.ds_device_rate.unwrap_or(d.device_rate), args.ds_group_rate.unwrap_or(d.group_rate));
+    let live_limits = cloister_ds::Limits {
+        max_message: args.ds_max_message.unwrap_or(d.max_message),
+        device_rate,
+        device_burst: device_rate.saturating_mul(3),
+        group_rate,
+        group_burst: group_rate.saturating_mul(2),
+        ..d
+    };
+    let (ds_identity, ds_created) =
+        crate::live::load_or_create_identity(&config.data_dir.join("ds-external-sender.key"))?;
+    if ds_created {
+        tracing::info!("created the delivery service's external-sender key (mode 0600); back it up with the data dir");
+    }
+    let (live, live_jobs) =
+        crate::live::LiveHub::open(db.clone(), ds_identity, live_limits, args.capture_frames.as_deref()).await?;
     let state = AppState {
         accounts: Arc::new(accounts),
         metrics: Arc::new(Metrics::default()),
@@ -122,6 +140,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cloister_courses::CoursesConfig::default(),
         )),
         tickets: Default::default(),
+        live: live.clone(),
+        live_limits,
     };
     let app = api::router(state.clone());
 
@@ -244,6 +264,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     drop(listener);
+    // Live connections are told and closed; what the delivery service accepted is stored before the database closes.
+    live.shut_down();
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within 30 s; closing anyway");
     }
@@ -251,6 +273,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = purge.await;
     // The audit job signs a last checkpoint as it stops.
     let _ = audit_job.await;
+    live_jobs.finish().await;
     db.close().await;
     tracing::info!("shutdown complete; database closed");
     // stdout may be a closed pipe by now (the parent stopped reading): never panic over a status line.

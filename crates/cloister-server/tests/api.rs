@@ -48,6 +48,16 @@ async fn harness() -> Harness {
             Arc::new(cloister_courses::PaymentsNotConfigured),
             cloister_courses::CoursesConfig::default(),
         )),
+        live: cloister_server::live::LiveHub::open(
+            db.clone(),
+            cloister_e2ee::group::ExternalSenderIdentity::generate().unwrap(),
+            cloister_ds::Limits::default(),
+            None,
+        )
+        .await
+        .unwrap()
+        .0,
+        live_limits: cloister_ds::Limits::default(),
         db,
         tickets: Default::default(),
     };

@@ -13,10 +13,12 @@
 mod accounts;
 mod audit;
 mod courses;
+mod delivery;
 mod evidence;
 mod retention;
 
 pub use audit::StoredCheckpoint;
+pub use delivery::{DsEntryRow, DsGroupRow, DsKeyPackageRow, DsSnapshot, DsWrite, StoredDevice};
 pub use retention::RetentionEvidence;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -49,6 +49,11 @@ fn target(rule: Rule) -> Result<Target, DatabaseError> {
             false,
             "session_id IN (SELECT id FROM live_sessions WHERE ends_at < $1)",
         ),
+        Rule::EndedSessionLogs => {
+            t("ds_groups", "session_id", false, "session_id IN (SELECT id FROM live_sessions WHERE ends_at < $1)")
+        }
+        Rule::ExpiredKeyPackages => t("ds_key_packages", "reference", true, "not_after < $1"),
+        Rule::ExpiredKeyPackageReferences => t("ds_used_key_packages", "reference", true, "not_after < $1"),
         #[allow(unreachable_patterns)]
         other => Err(DatabaseError::Query(format!("retention rule {} has no storage mapping", other.as_str()))),
     }

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod live;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -214,6 +216,10 @@ pub enum ErrorCode {
     MissingToken,
     /// 401: the bearer token is unknown, expired or revoked.
     InvalidToken,
+    /// 401: the WebSocket ticket is unknown, used or expired (get a new one from `POST /api/v1/ws-tickets`).
+    InvalidTicket,
+    /// 426: `GET /api/v1/ws` without a WebSocket upgrade.
+    UpgradeRequired,
     /// 429: too many attempts; see `Retry-After`.
     RateLimited,
     /// 402: the course is paid and no payment provider is configured on this server.
@@ -255,6 +261,8 @@ impl ErrorCode {
         Self::InvalidCredentials,
         Self::MissingToken,
         Self::InvalidToken,
+        Self::InvalidTicket,
+        Self::UpgradeRequired,
         Self::RateLimited,
         Self::PaymentNotConfigured,
         Self::CodeUnknown,
@@ -283,6 +291,8 @@ impl ErrorCode {
             Self::InvalidCredentials => "invalid_credentials",
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
+            Self::InvalidTicket => "invalid_ticket",
+            Self::UpgradeRequired => "upgrade_required",
             Self::RateLimited => "rate_limited",
             Self::PaymentNotConfigured => "payment_not_configured",
             Self::CodeUnknown => "code_unknown",
@@ -307,7 +317,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => 415,
             Self::PayloadTooLarge => 413,
             Self::EmailTaken => 409,
-            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => 401,
+            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken | Self::InvalidTicket => 401,
+            Self::UpgradeRequired => 426,
             Self::RateLimited => 429,
             Self::PaymentNotConfigured => 402,
             Self::CodeUnknown => 404,

@@ -297,3 +297,21 @@ fn last_resort_key_packages_validate() {
         kp.validate(m.provider.crypto(), ProtocolVersion::Mls10).unwrap();
     }
 }
+
+#[test]
+fn the_external_sender_key_survives_a_restart_and_junk_is_refused() {
+    let ds = ExternalSenderIdentity::generate().unwrap();
+    let kept = ExternalSenderIdentity::from_secret_bytes(&ds.to_secret_bytes().unwrap()).unwrap();
+    assert_eq!(kept.external_sender_bytes().unwrap(), ds.external_sender_bytes().unwrap());
+    // A proposal signed by the restored key is accepted by a group made with the original's public key.
+    let mut teacher = member("teacher");
+    let id = teacher.identity.take().unwrap();
+    let mut g = SessionGroup::create(&teacher.provider, id, b"s", ds.external_sender(), &[], GRACE, 0).unwrap();
+    let student = member("student");
+    let kp = student.identity.as_ref().unwrap().key_packages(&student.provider, 1, false).unwrap();
+    let add = kept.propose_add(b"s", 0, &kp[0]).unwrap();
+    assert_eq!(g.process(&teacher.provider, &add, 0).unwrap(), GroupEvent::ProposalQueued);
+    for junk in [&b""[..], &b"{}"[..], &b"[1,2]"[..]] {
+        assert!(matches!(ExternalSenderIdentity::from_secret_bytes(junk), Err(GroupError::Malformed)));
+    }
+}
