@@ -138,6 +138,11 @@ async fn interact(mut p: Participant, name: Option<String>) -> anyhow::Result<()
                     }
                     Event::Epoch(info) => {
                         println!("* epoch {}: {} members; safety code {}", info.epoch, info.roster.len(), info.safety_code);
+                        // Newcomers cannot read what was said before they joined: tell them the name again.
+                        let grew = last_epoch.as_ref().is_some_and(|l: &cloister_e2ee::group::EpochInfo| info.roster.len() > l.roster.len());
+                        if let (true, Some(n)) = (grew, &name) {
+                            p.say(AppMessage::Profile { display_name: n.clone() });
+                        }
                         last_epoch = Some(info);
                     }
                     Event::Said { seq, from, message } => match message {

@@ -117,6 +117,7 @@ impl Participant {
             uploaded: false,
             created: false,
             live: false,
+            retry_at: None,
             events: etx,
             commands: crx,
         };
@@ -198,6 +199,8 @@ struct Actor {
     created: bool,
     /// Subscribed live (not paging).
     live: bool,
+    /// When to try the outbox again after the service said `rate_limited`.
+    retry_at: Option<tokio::time::Instant>,
     events: mpsc::UnboundedSender<Event>,
     commands: mpsc::UnboundedReceiver<Command>,
 }
@@ -299,6 +302,17 @@ impl Actor {
                         return exit;
                     }
                 }
+                () = async {
+                    match self.retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.retry_at = None;
+                    if let Err(exit) = self.flush(&mut sink).await {
+                        return exit;
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::Say(m)) => {
                         self.outbox.push_back(m);
@@ -346,7 +360,7 @@ impl Actor {
 
     /// Sends queued messages unless a commit is pending (its epoch is not settled).
     async fn flush(&mut self, sink: &mut Sink) -> Result<(), Exit> {
-        while self.pending_commit.is_none() && self.live {
+        while self.pending_commit.is_none() && self.live && self.retry_at.is_none() {
             let Some(m) = self.outbox.pop_front() else { break };
             let Some(group) = self.group.as_mut() else {
                 self.outbox.push_front(m);
@@ -530,7 +544,14 @@ impl Actor {
                         if let Some(pos) = self.unacked.iter().position(|u| *u == m) {
                             self.unacked.remove(pos);
                         }
-                        self.emit(Event::Refused { code, message });
+                        if code == "rate_limited" {
+                            // Not lost: sent again (re-encrypted) once the service takes messages again.
+                            self.outbox.push_front(m);
+                            let wait = Duration::from_millis(50);
+                            self.retry_at.get_or_insert(tokio::time::Instant::now() + wait);
+                        } else {
+                            self.emit(Event::Refused { code, message });
+                        }
                     }
                     _ => self.emit(Event::Refused { code, message }),
                 }

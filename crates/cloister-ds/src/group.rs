@@ -412,11 +412,14 @@ mod tests {
         assert_eq!(g.welcome_for(&a), Some((2, &b"welcome"[..])));
         assert!(g.welcome_for(&b).is_none());
         assert!(!g.commit_due());
-        // A second commit for epoch 0 lost; a's commit for epoch 1 wins.
+        // A second commit for epoch 0 lost, and the Welcome it carried (for b) goes nowhere; a's commit for epoch 1
+        // wins.
+        let losing = Welcome { bytes: b"losing welcome".to_vec(), recipients: vec![b"kp-b".to_vec()] };
         assert_eq!(
-            g.submit(&t, &h(0, Kind::Commit), b"late".to_vec(), None),
+            g.submit(&t, &h(0, Kind::Commit), b"late".to_vec(), Some(losing)),
             Err(DsError::CommitConflict { epoch: 0, current: 1 })
         );
+        assert!(g.welcome_for(&b).is_none() && !g.is_member(&b), "no Welcome for a losing commit");
         assert_eq!(
             g.submit(&a, &h(2, Kind::Commit), b"x".to_vec(), None),
             Err(DsError::FutureEpoch { epoch: 2, current: 1 })

@@ -41,7 +41,8 @@ pub const QUEUE_FRAMES: usize = 4096;
 pub const PAGE: u64 = 512;
 /// How often the committer is asked to commit pending proposals.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
-/// Frames a connection may send per second (sustained; burst twice that); MLS sends also meet the DS's limits.
+/// Frames a connection may send per second (sustained; burst twice that), at least twice the device's MLS rate;
+/// MLS sends also meet the DS's own limits.
 const FRAME_RATE: f64 = 200.0;
 
 /// Why a connection was closed by the server.
@@ -493,7 +494,8 @@ impl LiveHub {
                 }
             }
         });
-        let mut bucket = (2.0 * FRAME_RATE, now_ms());
+        let rate = FRAME_RATE.max(2.0 * f64::from(state.live_limits.device_rate));
+        let mut bucket = (2.0 * rate, now_ms());
         while let Some(msg) = stream.next().await {
             let text = match msg {
                 Ok(Message::Text(t)) => t,
@@ -507,7 +509,7 @@ impl LiveHub {
             };
             self.capture("<", text.as_str());
             let now = now_ms();
-            bucket.0 = (bucket.0 + (now - bucket.1).max(0) as f64 / 1000.0 * FRAME_RATE).min(2.0 * FRAME_RATE);
+            bucket.0 = (bucket.0 + (now - bucket.1).max(0) as f64 / 1000.0 * rate).min(2.0 * rate);
             bucket.1 = now;
             let reply = if bucket.0 < 1.0 {
                 Some(refused(None, "rate_limited", "too many frames on this connection"))
