@@ -85,6 +85,10 @@ fn converged(members: &[Member]) -> bool {
         && first.roster.len() == members.len()
 }
 
+fn final_epoch_now(members: &[Member]) -> u64 {
+    members[0].epoch().unwrap().epoch
+}
+
 fn texts(m: &Member) -> Vec<String> {
     m.said
         .iter()
@@ -326,6 +330,33 @@ async fn scenario(backend: Backend) {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
         other => panic!("a bad ticket was not refused: {:?}", other.map(|_| ())),
     }
+    // Epochs from the past and the future, sent as a member (a second connection of the teacher's device), with
+    // real MLS bytes the server delivered before: the epoch-0 commit and the service's epoch-0 Add.
+    let delivered: Vec<Value> = std::fs::read_to_string(&capture)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("> "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["t"] == "entry" && v["epoch"] == 0)
+        .collect();
+    let old = |kind: &str| delivered.iter().find(|v| v["kind"] == kind).unwrap()["mls"].as_str().unwrap().to_owned();
+    let (old_commit, old_add) = (old("commit"), old("proposal"));
+    let mut member_ws = raw_ws(&api, &logins[0], "laptop").await;
+    let send = |id: u64, mls: &str| json!({"t": "send", "id": id, "session": sid, "mls": mls}).to_string();
+    assert_eq!(
+        ask(&mut member_ws, &send(1, &old_commit)).await["code"],
+        "commit_conflict",
+        "a commit for a past epoch"
+    );
+    assert_eq!(ask(&mut member_ws, &send(2, &old_add)).await["code"], "stale_epoch", "a proposal for a past epoch");
+    // The same commit with its (clear, unauthenticated to the server) epoch moved ahead.
+    let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &old_commit).unwrap();
+    let gid_len = usize::from(bytes[4]); // MLSMessage: version, wire format, then the group id with a 1-byte length
+    bytes[5 + gid_len..5 + gid_len + 8].copy_from_slice(&(final_epoch_now(&members) + 5).to_be_bytes());
+    let future = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes);
+    assert_eq!(ask(&mut member_ws, &send(3, &future)).await["code"], "future_epoch", "a commit for a future epoch");
+    drop(member_ws);
+
     // Everyone else carries on.
     let after = canary("after-bad-input");
     members[3].p.say(AppMessage::Chat { text: after.clone() });

@@ -919,10 +919,16 @@ async fn writer(hub: Arc<LiveHub>, db: Database, mut rx: mpsc::UnboundedReceiver
 async fn committer(hub: std::sync::Weak<LiveHub>) {
     let mut tick = tokio::time::interval(COMMIT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let Some(h) = hub.upgrade() else { break };
         h.nudge();
+        ticks += 1;
+        if ticks.is_multiple_of(300) {
+            // About once a minute: expired KeyPackages leave memory (the retention engine deletes their rows).
+            h.core().ds.purge_expired(now_secs());
+        }
     }
 }
 
@@ -963,4 +969,48 @@ pub async fn ws(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| hub.run(state, socket, user.to_string(), q.device)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn core() -> (Core, mpsc::UnboundedReceiver<Batch>) {
+        let (writes, rx) = mpsc::unbounded_channel();
+        let ds = DeliveryService::new(ExternalSenderIdentity::generate().unwrap(), Limits::default());
+        (Core { ds, groups: HashMap::new(), conns: HashMap::new(), writes }, rx)
+    }
+
+    fn conn(core: &mut Core, id: u64, cap: usize) -> (mpsc::Receiver<Message>, Arc<Kick>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let kick = Arc::new(Kick::default());
+        let device = (format!("u{id}"), "d".to_owned());
+        core.conns.insert(id, Conn { device, tx, kick: kick.clone(), groups: BTreeSet::from([b"g".to_vec()]) });
+        (rx, kick)
+    }
+
+    #[test]
+    fn a_consumer_whose_queue_is_full_is_closed_too_slow_and_the_others_still_get_everything() {
+        let (mut core, _writes) = core();
+        let m = LiveMetrics::default();
+        let (_slow_rx, slow_kick) = conn(&mut core, 1, 2);
+        let (mut fast_rx, fast_kick) = conn(&mut core, 2, 64);
+        let frame = encode(&ok(1));
+        let mut delivered = 0;
+        for _ in 0..10 {
+            // Delivery never waits: a full queue closes that connection, the next one is served at once.
+            core.push(1, frame.clone(), &m);
+            if core.push(2, frame.clone(), &m) {
+                delivered += 1;
+            }
+            while fast_rx.try_recv().is_ok() {}
+        }
+        assert_eq!(delivered, 10, "the fast consumer got every frame");
+        assert!(!core.conns.contains_key(&1), "the slow one is gone");
+        assert_eq!(*slow_kick.reason.lock().unwrap(), Some("too_slow"));
+        assert_eq!(*fast_kick.reason.lock().unwrap(), None);
+        assert_eq!(m.too_slow.load(Ordering::Relaxed), 1);
+        assert!(!core.push(1, frame, &m), "nothing more is queued for a closed connection");
+    }
 }
