@@ -27,6 +27,7 @@ struct Member {
     said: Vec<(u64, String, AppMessage)>,
     epochs: Vec<EpochInfo>,
     joined: bool,
+    removed: bool,
     refused: Vec<(String, String)>,
 }
 
@@ -37,6 +38,7 @@ impl Member {
                 Event::Said { seq, from, message } => self.said.push((seq, from, message)),
                 Event::Epoch(info) => self.epochs.push(info),
                 Event::Joined { .. } => self.joined = true,
+                Event::Removed => self.removed = true,
                 Event::Refused { code, message } => self.refused.push((code, message)),
                 _ => {}
             }
@@ -174,7 +176,7 @@ async fn scenario(backend: Backend) {
         let role = if i == 0 { Role::Host { committers: vec![] } } else { Role::Join };
         let p = Participant::start(api.clone(), l.clone(), &sid, "laptop", role).unwrap();
         let name = if i == 0 { "teacher".to_owned() } else { format!("student{i}") };
-        members.push(Member { name, p, said: vec![], epochs: vec![], joined: false, refused: vec![] });
+        members.push(Member { name, p, said: vec![], epochs: vec![], joined: false, removed: false, refused: vec![] });
         if i == 0 {
             pump(&mut members, "the teacher's group", 30, |m| m[0].joined).await;
         }
@@ -368,6 +370,26 @@ async fn scenario(backend: Backend) {
         let unexpected: Vec<_> = m.refused.iter().filter(|(c, _)| c != "already_joining").collect();
         assert!(unexpected.is_empty(), "{}: {unexpected:?}", m.name);
     }
+
+    // Leaving: one student over the WebSocket, one over REST (which frees the seat too). The service proposes
+    // each Remove, the teacher commits, the two are out and the rest agree on one roster and code.
+    members[CLASS - 1].p.leave();
+    api.leave(&logins[CLASS - 2], &sid).await.unwrap();
+    pump(&mut members, "the two leavers removed", 60, |m| m[CLASS - 2].removed && m[CLASS - 1].removed).await;
+    let leavers = members.split_off(CLASS - 2);
+    pump(&mut members, "one roster without the leavers", 60, converged).await;
+    for l in leavers {
+        l.p.close().await;
+    }
+    let bye = canary("after-leaving");
+    members[0].p.say(AppMessage::Chat { text: bye.clone() });
+    canaries.push(bye.clone());
+    expected.push(bye);
+    let want = expected.clone();
+    pump(&mut members, "chat after the leavers left", 60, |m| {
+        m.iter().all(|x| texts(x).iter().filter(|t| want.contains(t)).count() == want.len())
+    })
+    .await;
 
     // The key-custody record of every epoch is in the audit log.
     let final_epoch = members[0].epoch().unwrap().epoch;
