@@ -248,6 +248,8 @@ async fn scenario(backend: Backend) {
         m.p.say(AppMessage::Chat { text: t.clone() });
         round.push(t);
     }
+    // Lines the restarted process must have ordered itself: all but those sent before the kill.
+    let stored_before_kill = expected.len() + 10;
     canaries.extend(round.iter().cloned());
     expected.extend(round);
     let want = expected.clone();
@@ -394,6 +396,14 @@ async fn scenario(backend: Backend) {
     // The key-custody record of every epoch is in the audit log.
     let final_epoch = members[0].epoch().unwrap().epoch;
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
+    let ordered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cloister_ds_entries_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Counters are per process: the restarted server counts what it ordered since it started.
+    let since_restart = (expected.len() - stored_before_kill) as u64;
+    assert!(ordered >= since_restart, "the delivery service's counters are served: {ordered} < {since_restart}");
     for m in members {
         m.p.close().await;
     }

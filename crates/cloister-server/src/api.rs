@@ -306,7 +306,8 @@ async fn healthz() -> Json<Health> {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    let text = state.metrics.render() + &state.live.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn sign_up(

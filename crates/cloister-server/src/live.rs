@@ -111,6 +111,31 @@ pub struct LiveMetrics {
     pub store_failures: AtomicU64,
 }
 
+impl LiveMetrics {
+    /// The counters in Prometheus text format (appended to `/metrics`).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let rows: [(&str, &str, &str, &AtomicU64); 6] = [
+            ("cloister_ws_connections", "gauge", "Live-session WebSocket connections open now.", &self.connections),
+            ("cloister_ds_entries_total", "counter", "MLS messages ordered and stored.", &self.entries),
+            ("cloister_ws_frames_out_total", "counter", "Frames queued to live-session connections.", &self.frames_out),
+            ("cloister_ws_too_slow_total", "counter", "Connections closed for being too slow.", &self.too_slow),
+            ("cloister_ws_refused_total", "counter", "Live-session requests refused.", &self.refused),
+            (
+                "cloister_ds_store_failures_total",
+                "counter",
+                "Delivery-service store batches that failed and were retried.",
+                &self.store_failures,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
 /// The delivery service of one server.
 pub struct LiveHub {
     core: Mutex<Core>,
@@ -437,12 +462,18 @@ impl LiveHub {
             None => return,
         };
         for d in devices {
-            if let Ok(seq) = core.ds.remove(&gid, &d) {
-                let mut batch = Batch::default();
-                Self::stage_entry(&core, &gid, seq, &mut batch, vec![], vec![]);
+            let mut batch = Batch::default();
+            if Self::propose_remove(&mut core, &gid, &d, &mut batch).is_ok() {
                 let _ = core.writes.send(batch);
             }
         }
+    }
+
+    /// The service's Remove for `device`, staged in `batch`; returns its seq.
+    fn propose_remove(core: &mut Core, gid: &[u8], device: &Device, batch: &mut Batch) -> Result<u64, DsError> {
+        let seq = core.ds.remove(gid, device)?;
+        Self::stage_entry(core, gid, seq, batch, vec![], vec![]);
+        Ok(seq)
     }
 
     fn stage_entry(core: &Core, gid: &[u8], seq: u64, batch: &mut Batch, welcomed: Vec<Device>, removed: Vec<Device>) {
@@ -733,11 +764,8 @@ impl LiveHub {
                     Err(e) => return Some(ds_refused(id, &e)),
                 }
             }
-            ClientFrame::Leave { id, .. } => match core.ds.remove(&gid, dev) {
-                Ok(seq) => {
-                    Self::stage_entry(core, &gid, seq, &mut batch, vec![], vec![]);
-                    ServerFrame::Ok { id, seq: Some(seq), epoch: None, held: None, live: None }
-                }
+            ClientFrame::Leave { id, .. } => match Self::propose_remove(core, &gid, dev, &mut batch) {
+                Ok(seq) => ServerFrame::Ok { id, seq: Some(seq), epoch: None, held: None, live: None },
                 Err(e) => return Some(ds_refused(id, &e)),
             },
         };

@@ -14,7 +14,6 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use cloister_client::{Api, AppMessage, Event, Login, Participant, Role};
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -105,7 +104,7 @@ struct Member {
     p: Participant,
     joined: bool,
     epoch: Option<(u64, usize, String)>,
-    /// Chat lines received: (sent-at micros, receipt micros, sender index).
+    /// Chat lines received.
     got: usize,
     latencies: Vec<u64>,
     done_at: Option<Instant>,
@@ -283,7 +282,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let senders = args.burst_senders.min(n);
     let total = senders * args.burst;
-    let before: HashMap<usize, usize> = members.iter().enumerate().map(|(i, m)| (i, m.got)).collect();
     let t1 = Instant::now();
     for (s, m) in members.iter().enumerate().take(senders) {
         for k in 0..args.burst {
@@ -294,7 +292,6 @@ async fn main() -> anyhow::Result<()> {
     wait(&mut members, 1800, "saturation phase", false, |m| m.got >= base + total).await?;
     let last = members.iter().filter_map(|m| m.done_at).max().unwrap_or_else(Instant::now);
     let secs = (last - t1).as_secs_f64();
-    let _ = before;
     println!(
         "saturation: {total} lines from {senders} senders ordered and delivered to all {n} members in {secs:.2} s: \
          {:.0} messages/s ordered, {:.0} deliveries/s",
