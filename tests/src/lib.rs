@@ -18,6 +18,28 @@ pub enum Backend {
     Postgres,
 }
 
+/// Writes a server config file into `dir` that lifts the sign-up and login throttles (tests sign up many accounts
+/// from one address) and returns its path.
+pub fn relaxed_throttle_config(dir: &Path) -> PathBuf {
+    let config = dir.join("cloister.toml");
+    std::fs::write(
+        &config,
+        "[accounts.throttle]\nsignup_per_ip = { burst = 1000.0, refill_per_sec = 100.0 }\n\
+         login_per_ip = { burst = 1000.0, refill_per_sec = 100.0 }\n",
+    )
+    .unwrap();
+    config
+}
+
+/// Runs `cargo build -p package --bin bin` (for a binary a test needs that is not built yet).
+pub fn cargo_build_bin(package: &str, bin: &str) {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-p", package, "--bin", bin])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building {bin} failed");
+}
+
 /// Path of the `cloister` binary: `$CLOISTER_BIN`, or `target/<profile>/cloister` beside this test executable
 /// (built with `cargo build` if missing).
 pub fn cloister_bin() -> &'static Path {
@@ -30,11 +52,7 @@ pub fn cloister_bin() -> &'static Path {
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
         let bin = profile_dir.join("cloister");
         if !bin.exists() {
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "-p", "cloister-server", "--bin", "cloister"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "building the cloister binary failed");
+            cargo_build_bin("cloister-server", "cloister");
         }
         bin
     })
@@ -61,6 +79,11 @@ pub struct Server {
 impl Server {
     /// Starts a server with plain HTTP on loopback and the given extra flags.
     pub async fn start(backend: Backend, extra: &[&str]) -> Self {
+        Self::start_on(backend, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts a server listening on `listen` (a non-loopback address needs `--https` and a certificate in `extra`).
+    pub async fn start_on(backend: Backend, listen: &str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let database_url = match backend {
             Backend::Sqlite => None,
@@ -76,7 +99,7 @@ impl Server {
             database_url,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             logs_before: String::new(),
-            listen: "127.0.0.1:0".into(),
+            listen: listen.into(),
         };
         s.spawn();
         s

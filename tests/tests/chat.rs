@@ -133,14 +133,8 @@ async fn ask(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
 
 async fn scenario(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("cloister.toml");
     // Twenty sign-ups from one address are more than the default sign-up throttle allows.
-    std::fs::write(
-        &config,
-        "[accounts.throttle]\nsignup_per_ip = { burst = 1000.0, refill_per_sec = 100.0 }\n\
-         login_per_ip = { burst = 1000.0, refill_per_sec = 100.0 }\n",
-    )
-    .unwrap();
+    let config = tests::relaxed_throttle_config(tmp.path());
     let capture = tmp.path().join("frames.log");
     let mut s = Server::start(
         backend,

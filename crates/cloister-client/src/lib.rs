@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod media;
 pub mod participant;
 
 pub use api::{Api, ApiError, Login};

@@ -1,8 +1,10 @@
 //! `cloister-client`: a terminal participant. Sign up, make a session, host it or join it, and hold an end-to-end
 //! encrypted class chat from two terminals. See README ("Two terminals, one encrypted class chat").
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use cloister_client::media::{Media, MediaOptions, PublishOptions};
 use cloister_client::{Api, AppMessage, Event, Participant, Role};
+use std::path::PathBuf;
 use tokio::io::AsyncBufReadExt as _;
 
 #[derive(Parser)]
@@ -55,6 +57,8 @@ enum Cmd {
         /// Your display name (sent encrypted to the members only).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        media: MediaArgs,
     },
     /// Join a session you are enrolled in.
     Join {
@@ -66,7 +70,65 @@ enum Cmd {
         /// Your display name (sent encrypted to the members only).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        media: MediaArgs,
     },
+}
+
+/// Live media (end-to-end encrypted through the server's SFU).
+#[derive(Args, Clone, Default)]
+struct MediaArgs {
+    /// Publish this VP8 IVF file as the camera; give it three times (low, medium, high) for simulcast. Needs the
+    /// teacher's role or the stage.
+    #[arg(long = "publish-camera", value_name = "IVF")]
+    publish_camera: Vec<PathBuf>,
+    /// Publish this Ogg Opus file as the microphone.
+    #[arg(long = "publish-mic", value_name = "OGG")]
+    publish_mic: Option<PathBuf>,
+    /// Receive the room's media and report what opens.
+    #[arg(long)]
+    watch: bool,
+    /// Check every opened frame against these camera files (byte for byte).
+    #[arg(long = "expect-camera", value_name = "IVF")]
+    expect_camera: Vec<PathBuf>,
+    /// Check opened audio against this Ogg Opus file.
+    #[arg(long = "expect-mic", value_name = "OGG")]
+    expect_mic: Option<PathBuf>,
+    /// Text appended to every published frame before sealing (tests look for it on the server).
+    #[arg(long)]
+    canary: Option<String>,
+    /// Local IP address for media (ICE); default 127.0.0.1.
+    #[arg(long = "media-ip")]
+    media_ip: Option<std::net::IpAddr>,
+    /// Print the media counters as one JSON line (`media-stats {...}`) this often, in seconds.
+    #[arg(long = "stats-every", default_value_t = 5)]
+    stats_every: u64,
+}
+
+impl MediaArgs {
+    fn wanted(&self) -> bool {
+        self.watch || !self.publish_camera.is_empty() || self.publish_mic.is_some()
+    }
+
+    fn options(&self) -> MediaOptions {
+        let canary = self.canary.as_ref().map(|c| c.as_bytes().to_vec());
+        let publish = (!self.publish_camera.is_empty() || self.publish_mic.is_some()).then(|| PublishOptions {
+            camera: self.publish_camera.clone(),
+            mic: self.publish_mic.clone(),
+            canary: canary.clone(),
+        });
+        let expect = (!self.expect_camera.is_empty() || self.expect_mic.is_some()).then(|| PublishOptions {
+            camera: self.expect_camera.clone(),
+            mic: self.expect_mic.clone(),
+            canary,
+        });
+        MediaOptions {
+            publish,
+            subscribe: self.watch,
+            expect,
+            bind_ip: self.media_ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        }
+    }
 }
 
 const HELP: &str =
@@ -75,6 +137,14 @@ const HELP: &str =
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Warnings (a refused media request, a connection that failed) go to stderr; RUST_LOG for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let ca = match &cli.ca {
         Some(p) => Some(std::fs::read(p)?),
         None => None,
@@ -97,24 +167,27 @@ async fn main() -> anyhow::Result<()> {
             api.enroll(&login, &course).await?;
             println!("enrolled in {course}");
         }
-        Cmd::Host { session, device, name } => {
+        Cmd::Host { session, device, name, media } => {
             let login = api.log_in(&cli.email, &cli.password).await?;
             api.admit(&login, &session).await?;
             let p = Participant::start(api, login, &session, &device, Role::Host { committers: vec![] })?;
-            interact(p, name).await?;
+            interact(p, name, media).await?;
         }
-        Cmd::Join { session, device, name } => {
+        Cmd::Join { session, device, name, media } => {
             let login = api.log_in(&cli.email, &cli.password).await?;
             api.admit(&login, &session).await?;
             let p = Participant::start(api, login, &session, &device, Role::Join)?;
-            interact(p, name).await?;
+            interact(p, name, media).await?;
         }
     }
     Ok(())
 }
 
-async fn interact(mut p: Participant, name: Option<String>) -> anyhow::Result<()> {
+async fn interact(mut p: Participant, name: Option<String>, media_args: MediaArgs) -> anyhow::Result<()> {
     println!("{HELP}");
+    let mut media: Option<Media> = None;
+    let mut link = p.take_media();
+    let mut stats_tick = tokio::time::interval(std::time::Duration::from_secs(media_args.stats_every.max(1)));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut names: std::collections::HashMap<String, String> = Default::default();
     let mut last_epoch = None;
@@ -132,6 +205,12 @@ async fn interact(mut p: Participant, name: Option<String>) -> anyhow::Result<()
                     Event::Connected => println!("* connected"),
                     Event::Joined { epoch } => {
                         println!("* in the encrypted group (epoch {epoch})");
+                        if media_args.wanted() {
+                            if let Some(l) = link.take() {
+                                media = Some(Media::start(l, media_args.options())?);
+                                println!("* media started");
+                            }
+                        }
                         if let Some(n) = &name {
                             p.say(AppMessage::Profile { display_name: n.clone() });
                         }
@@ -163,13 +242,25 @@ async fn interact(mut p: Participant, name: Option<String>) -> anyhow::Result<()
                     Event::Closed => break,
                 }
             }
+            _ = stats_tick.tick(), if media.is_some() => {
+                if let Some(m) = &media {
+                    println!("media-stats {}", m.stats.json());
+                }
+            }
             line = lines.next_line(), if stdin_open => {
                 let Some(line) = line? else { stdin_open = false; continue };
                 let line = line.trim();
                 let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
                 match cmd {
                     "" => {}
-                    "/quit" => { p.close().await; return Ok(()); }
+                    "/quit" => {
+                        if let Some(m) = media.take() {
+                            println!("media-stats {}", m.stats.json());
+                            m.stop().await;
+                        }
+                        p.close().await;
+                        return Ok(());
+                    }
                     "/leave" => p.leave(),
                     "/ask" => {
                         asked += 1;

@@ -12,10 +12,12 @@
 
 use crate::api::{Api, Login};
 use cloister_e2ee::group::{ClientIdentity, EpochInfo, GroupEvent, Provider, SessionGroup};
+use cloister_e2ee::media::{KidLayout, MediaKeyring};
 use cloister_e2ee::message::AppMessage;
 use cloister_wire::live::{ClientFrame, EntryKind, LeafReport, ServerFrame, B64};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -76,6 +78,7 @@ pub enum Event {
 #[derive(Debug)]
 enum Command {
     Say(AppMessage),
+    Media(ClientFrame),
     Rekey,
     Leave,
     Close,
@@ -84,6 +87,7 @@ enum Command {
 /// A handle on a running participant.
 pub struct Participant {
     commands: mpsc::UnboundedSender<Command>,
+    media: Option<MediaLink>,
     /// Its events, in order.
     pub events: mpsc::UnboundedReceiver<Event>,
     task: tokio::task::JoinHandle<()>,
@@ -97,6 +101,15 @@ impl Participant {
             .map_err(|e| anyhow::anyhow!("cannot make an MLS identity: {e}"))?;
         let (ctx, crx) = mpsc::unbounded_channel();
         let (etx, erx) = mpsc::unbounded_channel();
+        let (mtx, mrx) = mpsc::unbounded_channel();
+        let keys = Arc::new(Mutex::new(MediaKeyring::new(KidLayout::default(), 0, MEDIA_GRACE_MS)));
+        let media = MediaLink {
+            session: session.to_owned(),
+            device: device.to_owned(),
+            keys: keys.clone(),
+            commands: ctx.clone(),
+            inbound: mrx,
+        };
         let actor = Actor {
             api,
             login,
@@ -120,9 +133,17 @@ impl Participant {
             retry_at: None,
             events: etx,
             commands: crx,
+            media_tx: mtx,
+            media_keys: keys,
         };
         let task = tokio::spawn(actor.run());
-        Ok(Self { commands: ctx, events: erx, task })
+        Ok(Self { commands: ctx, media: Some(media), events: erx, task })
+    }
+
+    /// The link for a media engine (taken once): media signaling through this participant's WebSocket and the media
+    /// keys of every epoch.
+    pub fn take_media(&mut self) -> Option<MediaLink> {
+        self.media.take()
     }
 
     /// Sends an application message (chat, question, answer, raised hand ...).
@@ -203,6 +224,62 @@ struct Actor {
     retry_at: Option<tokio::time::Instant>,
     events: mpsc::UnboundedSender<Event>,
     commands: mpsc::UnboundedReceiver<Command>,
+    media_tx: mpsc::UnboundedSender<MediaInbound>,
+    media_keys: Arc<Mutex<MediaKeyring>>,
+}
+
+/// How long a retired epoch's media keys still open frames (ms).
+const MEDIA_GRACE_MS: i64 = 5_000;
+
+/// Request ids of media frames start here, so they never meet the participant's own.
+pub const MEDIA_ID_BASE: u64 = 1 << 40;
+
+/// What the participant passes to a media engine.
+#[derive(Debug)]
+pub enum MediaInbound {
+    /// A media frame from the server (answers, offers, closes, layers, speaker, stage), or the `ok` / `error` of a
+    /// media request.
+    Signal(ServerFrame),
+    /// The WebSocket was lost and is back: media connections were closed by the server and must be made again.
+    Reconnected,
+    /// This device left or was removed from the group: stop media.
+    Gone,
+}
+
+/// A media engine's link to its participant.
+pub struct MediaLink {
+    /// Live session id.
+    pub session: String,
+    /// This device.
+    pub device: String,
+    /// The media keys, installed by the participant at every epoch (this keyring is used only by the media engine,
+    /// so its send counters are its own).
+    pub keys: Arc<Mutex<MediaKeyring>>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Media frames from the server.
+    pub inbound: mpsc::UnboundedReceiver<MediaInbound>,
+}
+
+impl MediaLink {
+    /// Sends a media request (its `id` should be at least [`MEDIA_ID_BASE`]).
+    pub fn send(&self, frame: ClientFrame) {
+        let _ = self.commands.send(Command::Media(frame));
+    }
+}
+
+fn is_media_frame(f: &ServerFrame) -> bool {
+    match f {
+        ServerFrame::MediaAnswer { .. }
+        | ServerFrame::MediaOpened { .. }
+        | ServerFrame::MediaOffer { .. }
+        | ServerFrame::MediaClosed { .. }
+        | ServerFrame::MediaLayer { .. }
+        | ServerFrame::Speaker { .. }
+        | ServerFrame::Staged { .. } => true,
+        ServerFrame::Ok { id, .. } => *id >= MEDIA_ID_BASE,
+        ServerFrame::Error { id: Some(id), .. } => *id >= MEDIA_ID_BASE,
+        _ => false,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -222,6 +299,7 @@ impl Actor {
             match exit {
                 Exit::Closed => break,
                 Exit::Removed => {
+                    let _ = self.media_tx.send(MediaInbound::Gone);
                     self.emit(Event::Removed);
                     break;
                 }
@@ -314,6 +392,11 @@ impl Actor {
                     }
                 }
                 cmd = self.commands.recv() => match cmd {
+                    Some(Command::Media(frame)) => {
+                        if let Err(exit) = self.send(&mut sink, frame).await {
+                            return exit;
+                        }
+                    }
                     Some(Command::Say(m)) => {
                         self.outbox.push_back(m);
                         if let Err(exit) = self.flush(&mut sink).await {
@@ -411,6 +494,19 @@ impl Actor {
             .map(|r| LeafReport { user: r.user_id.clone(), device: r.device_id.clone(), leaf: r.leaf })
             .collect();
         self.roster = now;
+        if let Some(g) = &self.group {
+            match g.media_epoch_key(&self.provider) {
+                Ok((epoch, leaf, key)) => {
+                    let mut keys = self.media_keys.lock().unwrap_or_else(|p| p.into_inner());
+                    keys.set_own_leaf(leaf);
+                    keys.install_epoch(epoch, &key, now_ms());
+                    // Sending switches at once (joiners have only the new key); a member whose commit arrives after
+                    // the first frames of the new epoch holds those frames until it has the key (see media.rs).
+                    let _ = keys.confirm_send_epoch(epoch);
+                }
+                Err(e) => self.emit(Event::Refused { code: "media_keys".into(), message: e.to_string() }),
+            }
+        }
         self.emit(Event::Epoch(info));
         added
     }
@@ -429,10 +525,15 @@ impl Actor {
     }
 
     async fn on_frame(&mut self, frame: ServerFrame, sink: &mut Sink) -> Result<(), Exit> {
+        if is_media_frame(&frame) {
+            let _ = self.media_tx.send(MediaInbound::Signal(frame));
+            return Ok(());
+        }
         match frame {
             ServerFrame::Ready { external_sender, .. } => {
                 self.emit(Event::Connected);
                 if self.group.is_some() {
+                    let _ = self.media_tx.send(MediaInbound::Reconnected);
                     return self.subscribe(sink).await;
                 }
                 match self.role.clone() {
@@ -652,6 +753,8 @@ impl Actor {
                 }
             }
             ServerFrame::Closing { code } => Err(Exit::Lost(code)),
+            // Routed to the media engine above.
+            _ => Ok(()),
         }
     }
 }

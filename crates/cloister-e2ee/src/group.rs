@@ -517,6 +517,21 @@ impl SessionGroup {
         &mut self.media
     }
 
+    /// The current epoch's SFrame base key (RFC 9605 §5.2) and this member's leaf, for a media engine that keeps its
+    /// own [`MediaKeyring`] (the native client seals and opens frames on other tasks). Secret: it never leaves the
+    /// process.
+    pub fn media_epoch_key(
+        &self,
+        provider: &Provider,
+    ) -> Result<(u64, u32, zeroize::Zeroizing<[u8; BASE_KEY_LEN]>), GroupError> {
+        let base = zeroize::Zeroizing::new(
+            self.group.export_secret(provider.crypto(), BASE_KEY_LABEL, &[], BASE_KEY_LEN).map_err(refused)?,
+        );
+        let key: [u8; BASE_KEY_LEN] =
+            base.as_slice().try_into().map_err(|_| GroupError::Internal("exporter length".into()))?;
+        Ok((self.epoch(), self.own_leaf(), zeroize::Zeroizing::new(key)))
+    }
+
     /// Number of proposals waiting for a commit.
     pub fn pending_proposals(&self) -> usize {
         self.group.pending_proposals().count()

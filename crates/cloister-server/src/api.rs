@@ -306,7 +306,10 @@ async fn healthz() -> Json<Health> {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render() + &state.live.metrics.render();
+    let mut text = state.metrics.render() + &state.live.metrics.render();
+    if let Some(sfu) = &state.live.sfu {
+        text.push_str(&sfu.metrics().render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

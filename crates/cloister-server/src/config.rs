@@ -174,6 +174,23 @@ pub struct ServeArgs {
     /// MLS messages one session's group accepts per second, sustained (default 2000; the burst is twice this).
     #[arg(long, env = "CLOISTER_DS_GROUP_RATE")]
     pub ds_group_rate: Option<u32>,
+    /// UDP address the SFU's one media socket binds (default 127.0.0.1:0, a free port on loopback). Every peer
+    /// connection of every session shares it.
+    #[arg(long, env = "CLOISTER_MEDIA_UDP")]
+    pub media_udp: Option<SocketAddr>,
+    /// The IP address given to clients in ICE candidates, when --media-udp is a wildcard (0.0.0.0) or behind NAT.
+    #[arg(long, env = "CLOISTER_MEDIA_ADVERTISE")]
+    pub media_advertise: Option<std::net::IpAddr>,
+    /// SFU shard threads (rooms are spread over them; default: the number of cores).
+    #[arg(long, env = "CLOISTER_MEDIA_SHARDS")]
+    pub media_shards: Option<usize>,
+    /// Do not start the SFU (chat, Q&A and the rest of the live session still work).
+    #[arg(long, env = "CLOISTER_NO_MEDIA")]
+    pub no_media: bool,
+    /// Test hook: append every media payload the SFU forwards to this file (length-prefixed), so a test can scan
+    /// what the SFU sees for canaries. Never use it in production.
+    #[arg(long, hide = true)]
+    pub capture_media: Option<PathBuf>,
     /// Test hook: append every live-session WebSocket frame the server receives (`<`) and sends (`>`) to this file,
     /// so a test can scan the application-layer bytes for canaries. Never use it in production.
     #[arg(long, hide = true)]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod courses_api;
 pub mod keyfile;
 pub mod live;
+pub mod media;
 pub mod metrics;
 pub mod pepper;
 pub mod retention;

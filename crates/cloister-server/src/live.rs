@@ -52,32 +52,38 @@ struct Kick {
     reason: Mutex<Option<&'static str>>,
 }
 
-struct Conn {
-    device: Device,
+pub(crate) struct Conn {
+    pub(crate) device: Device,
     tx: mpsc::Sender<Message>,
     kick: Arc<Kick>,
     /// Groups it is subscribed to live.
-    groups: BTreeSet<Vec<u8>>,
+    pub(crate) groups: BTreeSet<Vec<u8>>,
+    /// Its SFU connections: peer id to (group, is a publish connection).
+    pub(crate) media: HashMap<u64, (Vec<u8>, bool)>,
 }
 
-struct GroupState {
-    session: String,
+pub(crate) struct GroupState {
+    pub(crate) session: String,
     /// Entries below this are stored and delivered.
     durable: u64,
-    subscribers: BTreeSet<u64>,
+    pub(crate) subscribers: BTreeSet<u64>,
     /// The epoch the committer was last asked to commit, and when (ms).
     nudged: Option<(u64, i64)>,
     /// Epochs whose key-custody record is in the audit log.
     custody: BTreeSet<u64>,
     /// The course's teachers then TAs, as of the last create or join (the devices asked to commit).
-    staff: Vec<String>,
+    pub(crate) staff: Vec<String>,
+    /// Members the staff put on stage (they may publish media).
+    pub(crate) staged: BTreeSet<String>,
 }
 
-struct Core {
-    ds: DeliveryService<ExternalSenderIdentity>,
-    groups: HashMap<Vec<u8>, GroupState>,
-    conns: HashMap<u64, Conn>,
+pub(crate) struct Core {
+    pub(crate) ds: DeliveryService<ExternalSenderIdentity>,
+    pub(crate) groups: HashMap<Vec<u8>, GroupState>,
+    pub(crate) conns: HashMap<u64, Conn>,
     writes: mpsc::UnboundedSender<Batch>,
+    /// The SFU, when media is served.
+    pub(crate) sfu: Option<Arc<cloister_sfu::Sfu>>,
 }
 
 /// What to do once a batch is stored.
@@ -139,6 +145,8 @@ impl LiveMetrics {
 /// The delivery service of one server.
 pub struct LiveHub {
     core: Mutex<Core>,
+    /// The SFU, when media is served (`None` with `--no-media`).
+    pub sfu: Option<Arc<cloister_sfu::Sfu>>,
     external_sender: Vec<u8>,
     next_conn: AtomicU64,
     /// Counters.
@@ -237,7 +245,7 @@ fn restore_entry(r: DsEntryRow) -> Result<Entry, DsError> {
     })
 }
 
-fn refused(id: Option<u64>, code: &str, message: impl Into<String>) -> ServerFrame {
+pub(crate) fn refused(id: Option<u64>, code: &str, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error { id, code: code.to_owned(), message: message.into() }
 }
 
@@ -245,18 +253,18 @@ fn ds_refused(id: u64, e: &DsError) -> ServerFrame {
     refused(Some(id), e.code(), e.to_string())
 }
 
-fn ok(id: u64) -> ServerFrame {
+pub(crate) fn ok(id: u64) -> ServerFrame {
     ServerFrame::Ok { id, seq: None, epoch: None, held: None, live: None }
 }
 
-fn encode(frame: &ServerFrame) -> Message {
+pub(crate) fn encode(frame: &ServerFrame) -> Message {
     // Serializing our own frame types cannot fail (no maps with non-string keys, no non-finite floats).
     Message::Text(Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default()))
 }
 
 impl Core {
     /// Queues `msg` for a connection; a full queue closes it (`too_slow`).
-    fn push(&mut self, conn: u64, msg: Message, metrics: &LiveMetrics) -> bool {
+    pub(crate) fn push(&mut self, conn: u64, msg: Message, metrics: &LiveMetrics) -> bool {
         let Some(c) = self.conns.get(&conn) else { return false };
         match c.tx.try_send(msg) {
             Ok(()) => {
@@ -274,6 +282,9 @@ impl Core {
     /// Takes a connection out of every group and tells its task to close.
     fn drop_conn(&mut self, conn: u64, reason: &'static str) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(sfu) = &self.sfu {
+            sfu.close_conn(conn, None);
+        }
         if let Ok(mut r) = c.kick.reason.lock() {
             r.get_or_insert(reason);
         }
@@ -289,7 +300,7 @@ impl Core {
         }
     }
 
-    fn conns_of(&self, device: &Device) -> Vec<u64> {
+    pub(crate) fn conns_of(&self, device: &Device) -> Vec<u64> {
         self.conns.iter().filter(|(_, c)| &c.device == device).map(|(id, _)| *id).collect()
     }
 
@@ -320,6 +331,19 @@ impl Core {
             for conn in self.conns_of(d) {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.groups.remove(group);
+                    // A removed member loses its media connections in this session at once (it has no keys for the
+                    // next epoch either).
+                    let peers: Vec<u64> = c.media.iter().filter(|(_, (g, _))| g == group).map(|(p, _)| *p).collect();
+                    for p in &peers {
+                        c.media.remove(p);
+                    }
+                    for p in peers {
+                        if let Some(sfu) = &self.sfu {
+                            sfu.close(cloister_sfu::PeerId(p));
+                        }
+                        let closed = ServerFrame::MediaClosed { peer: p, code: "not_a_member".into() };
+                        self.push(conn, encode(&closed), m);
+                    }
                 }
                 if let Some(state) = self.groups.get_mut(group) {
                     state.subscribers.remove(&conn);
@@ -359,6 +383,7 @@ impl LiveHub {
         identity: ExternalSenderIdentity,
         limits: Limits,
         capture: Option<&Path>,
+        sfu: Option<(Arc<cloister_sfu::Sfu>, mpsc::UnboundedReceiver<cloister_sfu::SfuEvent>)>,
     ) -> anyhow::Result<(Arc<Self>, LiveJobs)> {
         let external_sender = identity.external_sender_bytes().map_err(|e| anyhow::anyhow!("external sender: {e}"))?;
         let mut ds = DeliveryService::new(identity, limits);
@@ -402,6 +427,7 @@ impl LiveHub {
                         nudged: None,
                         custody,
                         staff: Vec::new(),
+                        staged: BTreeSet::new(),
                     };
                     groups.insert(gid, state);
                 }
@@ -414,8 +440,13 @@ impl LiveHub {
             Some(p) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)),
             None => None,
         };
+        let (sfu, sfu_events) = match sfu {
+            Some((s, e)) => (Some(s), Some(e)),
+            None => (None, None),
+        };
         let hub = Arc::new(Self {
-            core: Mutex::new(Core { ds, groups, conns: HashMap::new(), writes: tx }),
+            core: Mutex::new(Core { ds, groups, conns: HashMap::new(), writes: tx, sfu: sfu.clone() }),
+            sfu,
             external_sender,
             next_conn: AtomicU64::new(1),
             metrics: LiveMetrics::default(),
@@ -423,10 +454,13 @@ impl LiveHub {
         });
         let writer = tokio::spawn(writer(hub.clone(), db, rx));
         let committer = tokio::spawn(committer(Arc::downgrade(&hub)));
+        if let Some(events) = sfu_events {
+            tokio::spawn(crate::media::sfu_events(Arc::downgrade(&hub), events));
+        }
         Ok((hub, LiveJobs { writer, committer }))
     }
 
-    fn core(&self) -> MutexGuard<'_, Core> {
+    pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock would be a bug; the state itself stays consistent (every step is
         // complete before it is visible), so carry on with it.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
@@ -494,7 +528,10 @@ impl LiveHub {
         let dev: Device = (user.clone(), device.clone());
         {
             let mut core = self.core();
-            core.conns.insert(conn, Conn { device: dev.clone(), tx, kick: kick.clone(), groups: BTreeSet::new() });
+            core.conns.insert(
+                conn,
+                Conn { device: dev.clone(), tx, kick: kick.clone(), groups: BTreeSet::new(), media: HashMap::new() },
+            );
             let ready = ServerFrame::Ready { user, device, external_sender: B64(self.external_sender.clone()) };
             core.push(conn, encode(&ready), &self.metrics);
         }
@@ -547,6 +584,7 @@ impl LiveHub {
             } else {
                 bucket.0 -= 1.0;
                 match serde_json::from_str::<ClientFrame>(text.as_str()) {
+                    Ok(frame) if crate::media::is_media(&frame) => self.media(conn, &dev, frame).await,
                     Ok(frame) => self.request(&state, conn, &dev, frame).await,
                     Err(e) => Some(refused(None, "bad_frame", format!("not a request frame: {e}"))),
                 }
@@ -579,6 +617,8 @@ impl LiveHub {
                 return Checked::Go(frame, Some(gid), None);
             }
             ClientFrame::KeyPackages { .. } => return Checked::Go(frame, None, None),
+            // Media frames are served by `media` and never come here.
+            _ => return Checked::Refused(refused(None, "bad_frame", "not a delivery-service request")),
         };
         let unknown = || Checked::Refused(refused(Some(id), "unknown_session", "no such live session"));
         let Some(sid) = SessionId::parse(&session) else { return unknown() };
@@ -669,6 +709,7 @@ impl LiveHub {
                     subscribers: BTreeSet::new(),
                     nudged: None,
                     custody: BTreeSet::new(),
+                    staged: BTreeSet::new(),
                     staff: staff.unwrap_or_default(),
                 };
                 core.groups.insert(gid.clone(), state);
@@ -763,6 +804,15 @@ impl LiveHub {
                     }
                     Err(e) => return Some(ds_refused(id, &e)),
                 }
+            }
+            ClientFrame::MediaPublish { id, .. }
+            | ClientFrame::MediaRepublish { id, .. }
+            | ClientFrame::MediaSubscribe { id, .. }
+            | ClientFrame::MediaAnswer { id, .. }
+            | ClientFrame::MediaPrefs { id, .. }
+            | ClientFrame::MediaClose { id, .. }
+            | ClientFrame::Stage { id, .. } => {
+                return Some(refused(Some(id), "bad_frame", "not a delivery-service request"))
             }
             ClientFrame::Leave { id, .. } => match Self::propose_remove(core, &gid, dev, &mut batch) {
                 Ok(seq) => ServerFrame::Ok { id, seq: Some(seq), epoch: None, held: None, live: None },
@@ -1007,14 +1057,17 @@ mod tests {
     fn core() -> (Core, mpsc::UnboundedReceiver<Batch>) {
         let (writes, rx) = mpsc::unbounded_channel();
         let ds = DeliveryService::new(ExternalSenderIdentity::generate().unwrap(), Limits::default());
-        (Core { ds, groups: HashMap::new(), conns: HashMap::new(), writes }, rx)
+        (Core { ds, groups: HashMap::new(), conns: HashMap::new(), writes, sfu: None }, rx)
     }
 
     fn conn(core: &mut Core, id: u64, cap: usize) -> (mpsc::Receiver<Message>, Arc<Kick>) {
         let (tx, rx) = mpsc::channel(cap);
         let kick = Arc::new(Kick::default());
         let device = (format!("u{id}"), "d".to_owned());
-        core.conns.insert(id, Conn { device, tx, kick: kick.clone(), groups: BTreeSet::from([b"g".to_vec()]) });
+        core.conns.insert(
+            id,
+            Conn { device, tx, kick: kick.clone(), groups: BTreeSet::from([b"g".to_vec()]), media: HashMap::new() },
+        );
         (rx, kick)
     }
 

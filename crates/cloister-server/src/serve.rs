@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -125,8 +126,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if ds_created {
         tracing::info!("created the delivery service's external-sender key (mode 0600); back it up with the data dir");
     }
+    let sfu = if args.no_media {
+        None
+    } else {
+        let config = cloister_sfu::SfuConfig {
+            bind: args.media_udp.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            advertise: args.media_advertise,
+            shards: args.media_shards.unwrap_or(cores),
+            capture_payloads: args.capture_media.clone(),
+            ..cloister_sfu::SfuConfig::default()
+        };
+        let (sfu, events) = cloister_sfu::Sfu::start(config).context("cannot start the SFU (see --media-udp)")?;
+        tracing::info!(media = %sfu.local_addr(), "SFU serving");
+        let _ = writeln!(std::io::stdout().lock(), "media on udp://{}", sfu.local_addr());
+        Some((Arc::new(sfu), events))
+    };
     let (live, live_jobs) =
-        crate::live::LiveHub::open(db.clone(), ds_identity, live_limits, args.capture_frames.as_deref()).await?;
+        crate::live::LiveHub::open(db.clone(), ds_identity, live_limits, args.capture_frames.as_deref(), sfu).await?;
     let state = AppState {
         accounts: Arc::new(accounts),
         metrics: Arc::new(Metrics::default()),

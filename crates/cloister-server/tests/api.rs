@@ -53,6 +53,7 @@ async fn harness() -> Harness {
             cloister_e2ee::group::ExternalSenderIdentity::generate().unwrap(),
             cloister_ds::Limits::default(),
             None,
+            None,
         )
         .await
         .unwrap()

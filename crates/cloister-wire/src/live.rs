@@ -130,6 +130,99 @@ pub enum ClientFrame {
         /// Live session id.
         session: String,
     },
+    /// Open a publish connection to the SFU (camera, microphone, screen): an SDP offer of sending m-lines.
+    /// Answered by `media_answer`. Only the session's staff and members put on stage may publish.
+    MediaPublish {
+        /// Request id.
+        id: u64,
+        /// Live session id.
+        session: String,
+        /// The SDP offer.
+        sdp: String,
+        /// What each m-line carries, by mid: `mic`, `camera` or `screen`.
+        #[serde(default)]
+        sources: Vec<MediaSource>,
+    },
+    /// Renegotiate a publish connection (a track added or stopped). Answered by `media_answer`.
+    MediaRepublish {
+        /// Request id.
+        id: u64,
+        /// The publish connection.
+        peer: u64,
+        /// The SDP offer.
+        sdp: String,
+        /// What each new m-line carries.
+        #[serde(default)]
+        sources: Vec<MediaSource>,
+    },
+    /// Open a subscribe connection: the SFU sends `media_offer`s, answered with `media_answer`. Members only.
+    MediaSubscribe {
+        /// Request id.
+        id: u64,
+        /// Live session id.
+        session: String,
+    },
+    /// The answer to a `media_offer`.
+    MediaAnswer {
+        /// Request id.
+        id: u64,
+        /// The subscribe connection.
+        peer: u64,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// A subscriber's wishes: the highest simulcast layer (0 low .. 2 high) and whether it wants video at all
+    /// (audio-only mode).
+    MediaPrefs {
+        /// Request id.
+        id: u64,
+        /// The subscribe connection.
+        peer: u64,
+        /// Highest layer.
+        max_layer: u8,
+        /// Video wanted.
+        video: bool,
+    },
+    /// Close one of this connection's media connections.
+    MediaClose {
+        /// Request id.
+        id: u64,
+        /// The connection.
+        peer: u64,
+    },
+    /// Staff only: let a member publish (`on`) or stop it publishing.
+    Stage {
+        /// Request id.
+        id: u64,
+        /// Live session id.
+        session: String,
+        /// The member's user id.
+        user: String,
+        /// On stage or off.
+        on: bool,
+    },
+}
+
+/// What a published m-line carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSource {
+    /// The m-line's mid.
+    pub mid: String,
+    /// `mic`, `camera` or `screen`.
+    pub source: String,
+}
+
+/// One track in a subscribe offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaTrack {
+    /// The m-line's mid in the offer.
+    pub mid: String,
+    /// The publishing device.
+    pub device: String,
+    /// `mic`, `camera` or `screen`.
+    pub source: String,
 }
 
 /// The kind of a log entry.
@@ -220,6 +313,64 @@ pub enum ServerFrame {
     Closing {
         /// Stable code.
         code: String,
+    },
+    /// The SFU's answer to `media_publish` or `media_republish`; `peer` names the connection.
+    MediaAnswer {
+        /// The request's id.
+        id: u64,
+        /// The publish connection.
+        peer: u64,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// `media_subscribe` accepted: offers for `peer` follow.
+    MediaOpened {
+        /// The request's id.
+        id: u64,
+        /// The subscribe connection.
+        peer: u64,
+    },
+    /// An offer (first or renegotiated) for a subscribe connection: answer with `media_answer`.
+    MediaOffer {
+        /// The subscribe connection.
+        peer: u64,
+        /// The SDP offer.
+        sdp: String,
+        /// The tracks its m-lines carry.
+        tracks: Vec<MediaTrack>,
+    },
+    /// A media connection ended (`closed`, `disconnected`, `ice_timeout`, `bad_input`, `not_a_member`, `off_stage`).
+    MediaClosed {
+        /// The connection.
+        peer: u64,
+        /// Stable code.
+        code: String,
+    },
+    /// The SFU moved a subscribed video track to another simulcast layer.
+    MediaLayer {
+        /// The subscribe connection.
+        peer: u64,
+        /// The track's mid.
+        mid: String,
+        /// 0 low .. 2 high.
+        layer: u8,
+    },
+    /// The session's active speaker (from the audio level header, which the SFU sees), or nobody.
+    Speaker {
+        /// Live session id.
+        session: String,
+        /// The speaking device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Who is on stage changed.
+    Staged {
+        /// Live session id.
+        session: String,
+        /// The member's user id.
+        user: String,
+        /// On stage or off.
+        on: bool,
     },
 }
 

@@ -98,7 +98,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         run(cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     }
     // The system tests start the real binary; build it first so they do not race to build it themselves.
-    run(cargo().args(["build", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
+    run(cargo().args([
+        "build",
+        "--locked",
+        "-p",
+        "cloister-server",
+        "--bin",
+        "cloister",
+        "-p",
+        "cloister-client",
+        "--bin",
+        "cloister-client",
+    ]))?;
     let extra: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
     run(cargo()
         .args(["test", "--workspace", "--locked"])

@@ -1,0 +1,1095 @@
+//! One shard: a thread owning some rooms and every `Rtc` in them, fed datagrams by the receive thread and commands by
+//! the [`Sfu`](crate::Sfu) handle. Each `Rtc` is driven by the str0m contract: one mutation, then `poll_output` until
+//! it returns a timeout.
+
+use crate::simulcast::{choose_layer, Decision, Incoming, Selector};
+use crate::{Command, Owner, PeerId, Router, SfuError, SfuEvent, SfuMetrics, ShardMsg, Source, TrackInfo};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::CryptoProvider;
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How often layers, speakers and liveness are reviewed.
+const TICK: Duration = Duration::from_millis(250);
+/// A peer that has not connected by then is closed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most one key-frame request per publisher layer in this interval.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// Packets (and age) each outgoing video stream keeps for answering NACKs: about 3 s of the top layer.
+const RTX_CACHE_PACKETS: usize = 1024;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// A layer with no packet for this long counts as not received.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// Audio level (RFC 6464, -dBov) at or below which a track counts as speaking.
+const SPEAKING_LEVEL: f64 = 50.0;
+
+pub(crate) struct ShardSetup {
+    pub index: usize,
+    pub socket: Arc<UdpSocket>,
+    pub advertised: SocketAddr,
+    pub router: Arc<Router>,
+    pub events: UnboundedSender<SfuEvent>,
+    pub metrics: Arc<SfuMetrics>,
+    pub capture: Option<Arc<Mutex<std::fs::File>>>,
+    pub crypto: Arc<CryptoProvider>,
+    pub initial_estimate_bps: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TrackId(u64);
+
+struct LayerIn {
+    ssrc: Option<Ssrc>,
+    window_bytes: u64,
+    rate_bps: u64,
+    last_packet: Option<Instant>,
+    last_keyframe_request: Option<Instant>,
+}
+
+impl LayerIn {
+    fn new() -> Self {
+        Self { ssrc: None, window_bytes: 0, rate_bps: 0, last_packet: None, last_keyframe_request: None }
+    }
+}
+
+struct Track {
+    room: String,
+    publisher: PeerId,
+    device: String,
+    source: Source,
+    kind: MediaKind,
+    /// Simulcast rids in layer order (low to high); empty without simulcast.
+    rids: Vec<str0m::media::Rid>,
+    layers: Vec<LayerIn>,
+    /// Audio level samples this tick (sum of -dBov, count).
+    level: (f64, u32),
+}
+
+impl Track {
+    fn layer_of(&self, rid: Option<str0m::media::Rid>) -> Option<usize> {
+        match rid {
+            None => self.rids.is_empty().then_some(0),
+            Some(r) => self.rids.iter().position(|x| *x == r),
+        }
+    }
+    fn rates(&self, now: Instant) -> Vec<u64> {
+        self.layers
+            .iter()
+            .map(
+                |l| {
+                    if l.last_packet.is_some_and(|t| now.duration_since(t) < LAYER_IDLE) {
+                        l.rate_bps.max(1)
+                    } else {
+                        0
+                    }
+                },
+            )
+            .collect()
+    }
+}
+
+struct Room {
+    publishers: Vec<PeerId>,
+    subscribers: Vec<PeerId>,
+    tracks: Vec<TrackId>,
+    speaker: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    ToOpen,
+    Negotiating,
+    Open,
+    ToStop,
+    Stopping,
+}
+
+struct TrackOut {
+    track: TrackId,
+    mid: Option<Mid>,
+    state: OutState,
+    selector: Selector,
+    ssrc: Option<Ssrc>,
+    pt: Option<str0m::format::PayloadParams>,
+}
+
+struct Publisher {
+    sources: HashMap<String, Source>,
+    tracks: HashMap<Mid, TrackId>,
+    ssrcs: HashMap<Ssrc, (TrackId, usize)>,
+}
+
+struct Subscriber {
+    outs: Vec<TrackOut>,
+    pending: Option<SdpPendingOffer>,
+    estimate_bps: u64,
+    max_layer: u8,
+    video: bool,
+    desired: (u64, u64),
+}
+
+enum Role {
+    Publisher(Publisher),
+    Subscriber(Subscriber),
+}
+
+struct Peer {
+    room: String,
+    owner: Owner,
+    rtc: Rtc,
+    role: Role,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    timeout: Instant,
+    last_now: Instant,
+    created: Instant,
+    connected: bool,
+    dead: Option<&'static str>,
+    /// NACKs received per outgoing stream, as str0m last counted them.
+    nacks_seen: HashMap<(Mid, Option<str0m::media::Rid>), u64>,
+}
+
+/// Work one peer's events asked for, done once its drain is over.
+enum Followup {
+    Forward(PeerId, Box<RtpPacket>),
+    MediaAdded(PeerId, Mid, MediaKind, Vec<str0m::media::Rid>),
+    MediaStopped(PeerId, Mid),
+    Keyframe(PeerId, Mid, KeyframeRequestKind),
+    Estimate(PeerId, u64),
+    Nacks(u64),
+}
+
+pub(crate) struct Shard {
+    s: ShardSetup,
+    peers: HashMap<PeerId, Peer>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+    rooms: HashMap<String, Room>,
+    tracks: HashMap<TrackId, Track>,
+    next_track: u64,
+    origin: Instant,
+    followups: Vec<Followup>,
+}
+
+fn rtc_error(e: impl std::fmt::Display) -> SfuError {
+    SfuError::new("sdp_invalid", e.to_string())
+}
+
+impl Shard {
+    pub(crate) fn new(s: ShardSetup) -> Self {
+        Self {
+            s,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track: 1,
+            origin: Instant::now(),
+            followups: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<ShardMsg>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let now = Instant::now();
+            let deadline = self.peers.values().map(|p| p.timeout).min().unwrap_or(next_tick).min(next_tick);
+            let wait = deadline.saturating_duration_since(now);
+            let first = if wait.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            if let Some(msg) = first {
+                if !self.handle(msg) {
+                    return;
+                }
+                // Take what else is queued before looking at timers again (bounded, so timers are never starved).
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(msg) => {
+                            if !self.handle(msg) {
+                                return;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let now = Instant::now();
+            let due: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.timeout <= now).map(|(id, _)| *id).collect();
+            for id in due {
+                self.input(id, None, now);
+            }
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            self.reap();
+        }
+    }
+
+    /// Returns false to stop.
+    fn handle(&mut self, msg: ShardMsg) -> bool {
+        match msg {
+            ShardMsg::Stop => return false,
+            ShardMsg::Datagram { source, at, bytes } => self.datagram(source, at, &bytes),
+            ShardMsg::Command(c) => self.command(c),
+        }
+        self.run_followups();
+        true
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn datagram(&mut self, source: SocketAddr, at: Instant, bytes: &[u8]) {
+        let id = match self.by_addr.get(&source) {
+            Some(id) => Some(*id),
+            None => crate::stun::local_ufrag(bytes).and_then(|u| self.by_ufrag.get(u).copied()),
+        };
+        let Some(id) = id else {
+            self.s.metrics.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.input(id, Some((source, bytes)), at);
+    }
+
+    /// Feeds a datagram (or a timeout) to a peer and drains it.
+    fn input(&mut self, id: PeerId, datagram: Option<(SocketAddr, &[u8])>, at: Instant) {
+        let advertised = self.s.advertised;
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        if peer.dead.is_some() {
+            return;
+        }
+        // str0m's clock must not run backwards; a queued datagram may carry an older arrival time.
+        let now = at.max(peer.last_now);
+        peer.last_now = now;
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<bool, String> {
+            match datagram {
+                Some((source, bytes)) => {
+                    let Ok(contents) = bytes.try_into() else { return Ok(false) };
+                    let input = Input::Receive(
+                        now,
+                        Receive { proto: Protocol::Udp, source, destination: advertised, contents },
+                    );
+                    if !peer.rtc.accepts(&input) {
+                        return Ok(false);
+                    }
+                    peer.rtc.handle_input(input).map_err(|e| e.to_string())?;
+                    Ok(true)
+                }
+                None => {
+                    peer.rtc.handle_input(Input::Timeout(now)).map_err(|e| e.to_string())?;
+                    Ok(true)
+                }
+            }
+        }));
+        match result {
+            Ok(Ok(true)) => {
+                if let Some((source, _)) = datagram {
+                    if !peer.addrs.contains(&source) {
+                        peer.addrs.push(source);
+                        self.by_addr.insert(source, id);
+                        self.s.router.learn_addr(source, self.s.index);
+                    }
+                }
+            }
+            Ok(Ok(false)) => {
+                self.s.metrics.unroutable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => {
+                // From the peer's own address it is the peer misbehaving; from anywhere else it is someone who
+                // learned a username fragment, and must not be able to close another member's connection.
+                let known = datagram.is_none_or(|(source, _)| peer.addrs.contains(&source));
+                tracing::debug!(peer = id.0, error = %e, known, "peer input refused");
+                if known {
+                    self.kill(id, "bad_input");
+                } else {
+                    self.s.metrics.unroutable.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(peer = id.0, "str0m panicked on input; peer dropped");
+                self.kill(id, "internal_error");
+                return;
+            }
+        }
+        self.drain(id);
+    }
+
+    fn kill(&mut self, id: PeerId, reason: &'static str) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            if p.dead.is_none() {
+                p.dead = Some(reason);
+                if reason == "bad_input" || reason == "internal_error" {
+                    self.s.metrics.peer_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// `poll_output` until a timeout: transmits go out, events become follow-ups.
+    fn drain(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let socket = &self.s.socket;
+        let metrics = &self.s.metrics;
+        let followups = &mut self.followups;
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            loop {
+                if !peer.rtc.is_alive() {
+                    return Err("disconnected".into());
+                }
+                match peer.rtc.poll_output().map_err(|e| e.to_string())? {
+                    Output::Timeout(t) => {
+                        peer.timeout = t;
+                        return Ok(());
+                    }
+                    Output::Transmit(t) => {
+                        metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        let _ = socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(e) => on_event(id, peer, e, followups),
+                }
+            }
+        }));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                tracing::debug!(peer = id.0, %reason, "peer ended");
+                let reason = if reason == "disconnected" { "disconnected" } else { "bad_input" };
+                self.kill(id, reason);
+            }
+            Err(_) => {
+                tracing::warn!(peer = id.0, "str0m panicked on output; peer dropped");
+                self.kill(id, "internal_error");
+            }
+        }
+    }
+
+    fn run_followups(&mut self) {
+        while !self.followups.is_empty() {
+            let batch = std::mem::take(&mut self.followups);
+            for f in batch {
+                match f {
+                    Followup::Forward(from, pkt) => self.forward(from, &pkt),
+                    Followup::MediaAdded(peer, mid, kind, rids) => self.media_added(peer, mid, kind, rids),
+                    Followup::MediaStopped(peer, mid) => self.media_stopped(peer, mid),
+                    Followup::Keyframe(peer, mid, kind) => self.subscriber_keyframe(peer, mid, kind),
+                    Followup::Nacks(n) => {
+                        self.s.metrics.nacks.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Followup::Estimate(peer, bps) => {
+                        tracing::debug!(peer = peer.0, bps, "estimate");
+                        if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
+                            sub.estimate_bps = bps;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new `Rtc` with the shared socket as its one host candidate (before any SDP is made, so it is in it).
+    fn new_rtc(&self, subscriber: bool) -> Result<Rtc, SfuError> {
+        let mut config = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_crypto_provider(Arc::clone(&self.s.crypto))
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false);
+        if subscriber {
+            config = config
+                .enable_bwe(Some(Bitrate::bps(self.s.initial_estimate_bps)))
+                .set_stats_interval(Some(Duration::from_secs(1)));
+        }
+        let mut rtc = config.build(Instant::now());
+        let candidate = Candidate::host(self.s.advertised, "udp").map_err(rtc_error)?;
+        rtc.add_local_candidate(candidate);
+        Ok(rtc)
+    }
+
+    fn add_peer(&mut self, id: PeerId, room: &str, owner: Owner, mut rtc: Rtc, role: Role) -> Result<(), SfuError> {
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let now = Instant::now();
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.s.router.learn_ufrag(ufrag.clone(), self.s.index);
+        let room_entry = self.rooms.entry(room.to_owned()).or_insert_with(|| Room {
+            publishers: Vec::new(),
+            subscribers: Vec::new(),
+            tracks: Vec::new(),
+            speaker: None,
+        });
+        match role {
+            Role::Publisher(_) => room_entry.publishers.push(id),
+            Role::Subscriber(_) => room_entry.subscribers.push(id),
+        }
+        self.peers.insert(
+            id,
+            Peer {
+                room: room.to_owned(),
+                owner,
+                rtc,
+                role,
+                ufrag,
+                addrs: Vec::new(),
+                timeout: now,
+                last_now: now,
+                created: now,
+                connected: false,
+                dead: None,
+                nacks_seen: HashMap::new(),
+            },
+        );
+        self.s.metrics.peers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Publish { peer, room, owner, offer, sources, reply } => {
+                let _ = reply.send(self.publish(peer, &room, owner, &offer, sources));
+            }
+            Command::Republish { peer, offer, sources, reply } => {
+                let _ = reply.send(self.republish(peer, &offer, sources));
+            }
+            Command::Subscribe { peer, room, owner, reply } => {
+                let rtc = match self.new_rtc(true) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let role = Role::Subscriber(Subscriber {
+                    outs: Vec::new(),
+                    pending: None,
+                    estimate_bps: self.s.initial_estimate_bps,
+                    max_layer: crate::simulcast::TOP_LAYER,
+                    video: true,
+                    desired: (0, 0),
+                });
+                if let Err(e) = self.add_peer(peer, &room, owner, rtc, role) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let tracks: Vec<TrackId> = self.rooms.get(&room).map(|r| r.tracks.clone()).unwrap_or_default();
+                if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
+                    for t in tracks {
+                        sub.outs.push(self_new_out(&self.tracks, t));
+                    }
+                }
+                match self.negotiate(peer, true) {
+                    Some(offer) => {
+                        let _ = reply.send(Ok(offer));
+                    }
+                    None => {
+                        self.kill(peer, "media_unavailable");
+                        let _ = reply.send(Err(SfuError::new("media_unavailable", "could not make an offer")));
+                    }
+                }
+            }
+            Command::Answer { peer, answer, reply } => {
+                let _ = reply.send(self.answer(peer, &answer));
+            }
+            Command::Prefs { peer, max_layer, video } => {
+                if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
+                    sub.max_layer = max_layer;
+                    sub.video = video;
+                }
+            }
+            Command::Close { peer } => self.kill(peer, "closed"),
+            Command::CloseConn { conn, device } => {
+                let ids: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.owner.conn == conn && device.as_ref().is_none_or(|d| *d == p.owner.device))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.kill(id, "closed");
+                }
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        id: PeerId,
+        room: &str,
+        owner: Owner,
+        offer: &str,
+        sources: Vec<(String, Source)>,
+    ) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(rtc_error)?;
+        let mut rtc = self.new_rtc(false)?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(rtc_error)?;
+        let role = Role::Publisher(Publisher {
+            sources: sources.into_iter().collect(),
+            tracks: HashMap::new(),
+            ssrcs: HashMap::new(),
+        });
+        self.add_peer(id, room, owner, rtc, role)?;
+        self.drain(id);
+        self.run_followups();
+        Ok(answer.to_sdp_string())
+    }
+
+    fn republish(&mut self, id: PeerId, offer: &str, sources: Vec<(String, Source)>) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(rtc_error)?;
+        let peer = self.peers.get_mut(&id).ok_or_else(|| SfuError::new("unknown_peer", "no such media connection"))?;
+        let Role::Publisher(p) = &mut peer.role else {
+            return Err(SfuError::new("unknown_peer", "not a publish connection"));
+        };
+        p.sources.extend(sources);
+        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(rtc_error)?;
+        self.drain(id);
+        self.run_followups();
+        Ok(answer.to_sdp_string())
+    }
+
+    fn answer(&mut self, id: PeerId, answer: &str) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(rtc_error)?;
+        let peer = self.peers.get_mut(&id).ok_or_else(|| SfuError::new("unknown_peer", "no such media connection"))?;
+        let Role::Subscriber(sub) = &mut peer.role else {
+            return Err(SfuError::new("unknown_peer", "not a subscribe connection"));
+        };
+        let pending =
+            sub.pending.take().ok_or_else(|| SfuError::new("sdp_invalid", "no offer is waiting for an answer"))?;
+        peer.rtc.sdp_api().accept_answer(pending, answer).map_err(rtc_error)?;
+        let vp8 = peer.rtc.codec_config().params().iter().find(|p| p.spec().codec == Codec::Vp8).cloned();
+        let opus = peer.rtc.codec_config().params().iter().find(|p| p.spec().codec == Codec::Opus).cloned();
+        for out in &mut sub.outs {
+            match out.state {
+                OutState::Negotiating => {
+                    out.state = OutState::Open;
+                    if let Some(mid) = out.mid {
+                        let mut api = peer.rtc.direct_api();
+                        let tx = api.stream_tx_by_mid(mid, None);
+                        if let Some(tx) = tx {
+                            // Answer every NACK while the packet is cached: str0m's default drops queued resends
+                            // once retransmissions pass 15% of the bytes, and the BWE's probes (sent as resends)
+                            // count towards that, so under loss NACKs went unanswered.
+                            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                        }
+                        out.ssrc = peer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc());
+                        let kind = peer.rtc.media(mid).map(|m| m.kind());
+                        out.pt = if kind == Some(MediaKind::Audio) { opus } else { vp8 };
+                    }
+                }
+                OutState::Stopping => out.state = OutState::ToStop,
+                _ => {}
+            }
+        }
+        sub.outs.retain(|o| o.state != OutState::ToStop || o.mid.is_none());
+        // Stopped m-lines are done; the ones left ToStop here were stopped in this round.
+        sub.outs.retain(|o| o.state != OutState::ToStop);
+        self.drain(id);
+        self.negotiate(id, false);
+        self.run_followups();
+        Ok(())
+    }
+
+    /// Offers the subscriber its pending changes, unless an offer is already out. `first` offers even with no track
+    /// (a data channel keeps the connection up until one arrives) and returns the offer instead of sending it as an
+    /// event.
+    fn negotiate(&mut self, id: PeerId, first: bool) -> Option<(String, Vec<TrackInfo>)> {
+        let tracks = &self.tracks;
+        let peer = self.peers.get_mut(&id)?;
+        if peer.dead.is_some() {
+            return None;
+        }
+        let Role::Subscriber(sub) = &mut peer.role else { return None };
+        if sub.pending.is_some() {
+            return None;
+        }
+        let mut change = peer.rtc.sdp_api();
+        if first {
+            change.add_channel("cloister".into());
+        }
+        for out in &mut sub.outs {
+            match out.state {
+                OutState::ToOpen => {
+                    let Some(t) = tracks.get(&out.track) else { continue };
+                    let mid = change.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(msid_token(&t.device)),
+                        Some(format!("{}-{}", t.source.as_str(), out.track.0)),
+                        None,
+                    );
+                    out.mid = Some(mid);
+                    out.state = OutState::Negotiating;
+                }
+                OutState::ToStop => {
+                    if let Some(mid) = out.mid {
+                        change.stop_media(mid);
+                    }
+                    out.state = OutState::Stopping;
+                }
+                _ => {}
+            }
+        }
+        if !change.has_changes() {
+            return None;
+        }
+        let (offer, pending) = change.apply()?;
+        sub.pending = Some(pending);
+        let infos = sub
+            .outs
+            .iter()
+            .filter(|o| matches!(o.state, OutState::Negotiating | OutState::Open))
+            .filter_map(|o| {
+                let t = tracks.get(&o.track)?;
+                Some(TrackInfo { mid: o.mid?.to_string(), device: t.device.clone(), source: t.source })
+            })
+            .collect();
+        let conn = peer.owner.conn;
+        self.drain(id);
+        if first {
+            return Some((offer.to_sdp_string(), infos));
+        }
+        let _ = self.s.events.send(SfuEvent::Offer { peer: id, conn, sdp: offer.to_sdp_string(), tracks: infos });
+        None
+    }
+
+    fn media_added(&mut self, id: PeerId, mid: Mid, kind: MediaKind, rids: Vec<str0m::media::Rid>) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Role::Publisher(p) = &mut peer.role else { return };
+        if p.tracks.contains_key(&mid) {
+            return;
+        }
+        let source = p.sources.get(&mid.to_string()).copied().unwrap_or(match kind {
+            MediaKind::Audio => Source::Mic,
+            MediaKind::Video => Source::Camera,
+        });
+        // A source must match its kind: audio is the microphone, video the camera or the screen.
+        let source = match (kind, source) {
+            (MediaKind::Audio, _) => Source::Mic,
+            (MediaKind::Video, Source::Mic) => Source::Camera,
+            (_, s) => s,
+        };
+        let tid = TrackId(self.next_track);
+        self.next_track += 1;
+        p.tracks.insert(mid, tid);
+        let layers = rids.len().max(1);
+        self.tracks.insert(
+            tid,
+            Track {
+                room: peer.room.clone(),
+                publisher: id,
+                device: peer.owner.device.clone(),
+                source,
+                kind,
+                rids,
+                layers: (0..layers).map(|_| LayerIn::new()).collect(),
+                level: (0.0, 0),
+            },
+        );
+        let room = peer.room.clone();
+        let subscribers = match self.rooms.get_mut(&room) {
+            Some(r) => {
+                r.tracks.push(tid);
+                r.subscribers.clone()
+            }
+            None => return,
+        };
+        for sid in subscribers {
+            if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&sid).map(|p| &mut p.role) {
+                sub.outs.push(self_new_out(&self.tracks, tid));
+            }
+            self.negotiate(sid, false);
+        }
+    }
+
+    fn media_stopped(&mut self, id: PeerId, mid: Mid) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Role::Publisher(p) = &mut peer.role else { return };
+        let Some(tid) = p.tracks.remove(&mid) else { return };
+        p.ssrcs.retain(|_, (t, _)| *t != tid);
+        self.remove_track(tid);
+    }
+
+    fn remove_track(&mut self, tid: TrackId) {
+        let Some(track) = self.tracks.remove(&tid) else { return };
+        let subscribers = match self.rooms.get_mut(&track.room) {
+            Some(r) => {
+                r.tracks.retain(|t| *t != tid);
+                r.subscribers.clone()
+            }
+            None => return,
+        };
+        for sid in subscribers {
+            if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&sid).map(|p| &mut p.role) {
+                for out in sub.outs.iter_mut().filter(|o| o.track == tid) {
+                    out.state = match out.state {
+                        OutState::ToOpen => OutState::ToStop,
+                        OutState::Open | OutState::Negotiating => OutState::ToStop,
+                        s => s,
+                    };
+                }
+                sub.outs.retain(|o| !(o.state == OutState::ToStop && o.mid.is_none()));
+            }
+            self.negotiate(sid, false);
+        }
+    }
+
+    /// One packet from a publisher, to every subscriber of its room that wants it.
+    fn forward(&mut self, from: PeerId, pkt: &RtpPacket) {
+        let now = pkt.timestamp;
+        let ssrc = pkt.header.ssrc;
+        let Some(publisher) = self.peers.get_mut(&from) else { return };
+        let Role::Publisher(p) = &mut publisher.role else { return };
+        let (tid, layer) = match p.ssrcs.get(&ssrc) {
+            Some(v) => *v,
+            None => {
+                let Some(rx) = publisher.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
+                    tracing::debug!(ssrc = *ssrc, "RTP on an SSRC with no receive stream");
+                    return;
+                };
+                let Some(tid) = p.tracks.get(&rx.0).copied() else {
+                    tracing::debug!(mid = %rx.0, "RTP for an m-line with no track");
+                    return;
+                };
+                let Some(layer) = self.tracks.get(&tid).and_then(|t| t.layer_of(rx.1)) else {
+                    tracing::debug!(rid = ?rx.1, "RTP for an unknown simulcast layer");
+                    return;
+                };
+                p.ssrcs.insert(ssrc, (tid, layer));
+                (tid, layer)
+            }
+        };
+        self.s.metrics.rtp_in.fetch_add(1, Ordering::Relaxed);
+        let now_ms = self.ms(now);
+        let Some(track) = self.tracks.get_mut(&tid) else { return };
+        if let Some(l) = track.layers.get_mut(layer) {
+            l.ssrc = Some(ssrc);
+            l.window_bytes += pkt.payload.len() as u64;
+            l.last_packet = Some(now);
+        }
+        let is_audio = track.kind == MediaKind::Audio;
+        if is_audio {
+            if let Some(level) = pkt.header.ext_vals.audio_level {
+                track.level.0 += f64::from(level.unsigned_abs());
+                track.level.1 += 1;
+            }
+        }
+        if let Some(capture) = &self.s.capture {
+            if let Ok(mut f) = capture.lock() {
+                let len = u32::try_from(pkt.payload.len()).unwrap_or(u32::MAX);
+                let _ = f.write_all(&len.to_be_bytes()).and_then(|()| f.write_all(&pkt.payload));
+            }
+        }
+        let (descriptor, keyframe_start, picture_id) = if is_audio {
+            (None, true, None)
+        } else {
+            match Vp8Descriptor::parse(&pkt.payload) {
+                Ok(d) => (Some(d), d.starts_keyframe(&pkt.payload), d.picture_id()),
+                Err(_) => (None, false, None),
+            }
+        };
+        let incoming = Incoming {
+            layer: u8::try_from(layer).unwrap_or(0),
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            keyframe_start,
+            picture_id: picture_id.filter(|_| descriptor.is_some()),
+            now_ms,
+        };
+        let room = track.room.clone();
+        let subscribers = match self.rooms.get(&room) {
+            Some(r) => r.subscribers.clone(),
+            None => return,
+        };
+        let mut ext = ExtensionValues::default();
+        if is_audio {
+            ext.audio_level = pkt.header.ext_vals.audio_level;
+            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+        }
+        let mut wanted_keyframes: Vec<u8> = Vec::new();
+        for sid in subscribers {
+            let Some(peer) = self.peers.get_mut(&sid) else { continue };
+            if peer.dead.is_some() || !peer.connected {
+                continue;
+            }
+            let Role::Subscriber(sub) = &mut peer.role else { continue };
+            if !is_audio && !sub.video {
+                continue;
+            }
+            let Some(out) = sub.outs.iter_mut().find(|o| o.track == tid && o.state == OutState::Open) else {
+                continue;
+            };
+            let decision = out.selector.on_packet(incoming);
+            if out.selector.needs_keyframe() && !wanted_keyframes.contains(&out.selector.target()) {
+                wanted_keyframes.push(out.selector.target());
+            }
+            let Decision::Forward { seq, ts, picture_id, switched } = decision else { continue };
+            let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { continue };
+            let mut write = RtpWrite::new(pt, SeqNo::from(seq), ts, now, Arc::clone(&pkt.payload))
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(!is_audio);
+            if let (Some(pid), Some(d)) = (picture_id, descriptor) {
+                if let Ok(patch) = d.patch().picture_id(pid).build() {
+                    write = write.vp8_patch(patch);
+                }
+            }
+            let mid = out.mid;
+            let layer_now = out.selector.current();
+            let written = catch_unwind(AssertUnwindSafe(|| match peer.rtc.direct_api().stream_tx(&out_ssrc) {
+                Some(tx) => {
+                    tx.write_rtp(write);
+                    true
+                }
+                None => false,
+            }));
+            match written {
+                Ok(true) => {
+                    self.s.metrics.rtp_out.fetch_add(1, Ordering::Relaxed);
+                    if switched && !is_audio {
+                        self.s.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
+                        if let (Some(mid), Some(layer)) = (mid, layer_now) {
+                            let _ = self.s.events.send(SfuEvent::Layer {
+                                peer: sid,
+                                conn: peer.owner.conn,
+                                mid: mid.to_string(),
+                                layer,
+                            });
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    self.kill(sid, "internal_error");
+                    continue;
+                }
+            }
+            self.drain(sid);
+        }
+        for layer in wanted_keyframes {
+            self.request_keyframe(tid, usize::from(layer), KeyframeRequestKind::Pli);
+        }
+    }
+
+    fn request_keyframe(&mut self, tid: TrackId, layer: usize, kind: KeyframeRequestKind) {
+        let now = Instant::now();
+        let Some(track) = self.tracks.get_mut(&tid) else { return };
+        let publisher = track.publisher;
+        let Some(l) = track.layers.get_mut(layer) else { return };
+        let Some(ssrc) = l.ssrc else { return };
+        if l.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_INTERVAL) {
+            return;
+        }
+        l.last_keyframe_request = Some(now);
+        let Some(peer) = self.peers.get_mut(&publisher) else { return };
+        if let Some(rx) = peer.rtc.direct_api().stream_rx(&ssrc) {
+            rx.request_keyframe(kind);
+            self.s.metrics.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        self.drain(publisher);
+    }
+
+    fn subscriber_keyframe(&mut self, id: PeerId, mid: Mid, kind: KeyframeRequestKind) {
+        let Some(Role::Subscriber(sub)) = self.peers.get(&id).map(|p| &p.role) else { return };
+        let Some(out) = sub.outs.iter().find(|o| o.mid == Some(mid)) else { return };
+        let layer = out.selector.current().unwrap_or(out.selector.target());
+        let tid = out.track;
+        self.request_keyframe(tid, usize::from(layer), kind);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let secs = TICK.as_secs_f64();
+        for t in self.tracks.values_mut() {
+            for l in &mut t.layers {
+                let rate = (l.window_bytes as f64 * 8.0 / secs) as u64;
+                // Smoothed over about a second.
+                l.rate_bps = if l.rate_bps == 0 { rate } else { (l.rate_bps * 3 + rate) / 4 };
+                l.window_bytes = 0;
+            }
+        }
+        // Layers per subscriber: the screen first, then cameras, each as high as the remaining estimate allows.
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let tracks = &self.tracks;
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            let Role::Subscriber(sub) = &mut peer.role else { continue };
+            let audio: u64 = sub
+                .outs
+                .iter()
+                .filter_map(|o| tracks.get(&o.track))
+                .filter(|t| t.kind == MediaKind::Audio)
+                .map(|t| t.rates(now).iter().sum::<u64>())
+                .sum();
+            let mut budget = sub.estimate_bps.saturating_sub(audio);
+            let mut order: Vec<usize> = (0..sub.outs.len()).collect();
+            order.sort_by_key(|&i| match tracks.get(&sub.outs[i].track).map(|t| t.source) {
+                Some(Source::Screen) => 0,
+                _ => 1,
+            });
+            let (mut min_need, mut desired) = (audio, audio);
+            for i in order {
+                let out = &mut sub.outs[i];
+                let Some(t) = tracks.get(&out.track) else { continue };
+                if t.kind != MediaKind::Video || out.state != OutState::Open {
+                    continue;
+                }
+                let rates = t.rates(now);
+                let current = out.selector.current().unwrap_or(out.selector.target());
+                let layer = choose_layer(current, &rates, budget, sub.max_layer);
+                out.selector.set_target(layer);
+                let used = rates.get(usize::from(layer)).copied().unwrap_or(0);
+                budget = budget.saturating_sub(used);
+                min_need += used;
+                desired += rates.iter().take(usize::from(sub.max_layer) + 1).max().copied().unwrap_or(0);
+            }
+            if peer.connected && sub.desired != (min_need, desired) && desired > 0 {
+                sub.desired = (min_need, desired);
+                peer.rtc.bwe().set_bitrate(Bitrate::bps(min_need), Bitrate::bps(desired * 12 / 10));
+                self.drain(id);
+            }
+        }
+        // Active speaker per room.
+        let mut changes = Vec::new();
+        for (name, room) in &mut self.rooms {
+            let mut best: Option<(f64, String)> = None;
+            for tid in &room.tracks {
+                let Some(t) = self.tracks.get_mut(tid) else { continue };
+                if t.kind != MediaKind::Audio {
+                    continue;
+                }
+                let (sum, n) = std::mem::take(&mut t.level);
+                if n == 0 {
+                    continue;
+                }
+                let level = sum / f64::from(n);
+                if level <= SPEAKING_LEVEL && best.as_ref().is_none_or(|(b, _)| level < *b) {
+                    best = Some((level, t.device.clone()));
+                }
+            }
+            let speaker = best.map(|(_, d)| d);
+            if speaker != room.speaker {
+                room.speaker = speaker.clone();
+                changes.push(SfuEvent::Speaker { room: name.clone(), device: speaker });
+            }
+        }
+        for c in changes {
+            let _ = self.s.events.send(c);
+        }
+        // Liveness.
+        for p in self.peers.values_mut() {
+            if p.dead.is_none() && !p.connected && now.duration_since(p.created) > CONNECT_TIMEOUT {
+                p.dead = Some("ice_timeout");
+            }
+        }
+        self.run_followups();
+    }
+
+    /// Removes dead peers and what hangs off them.
+    fn reap(&mut self) {
+        let dead: Vec<(PeerId, &'static str)> =
+            self.peers.iter().filter_map(|(id, p)| p.dead.map(|r| (*id, r))).collect();
+        for (id, reason) in dead {
+            let Some(mut peer) = self.peers.remove(&id) else { continue };
+            self.s.metrics.peers.fetch_sub(1, Ordering::Relaxed);
+            peer.rtc.disconnect();
+            for a in &peer.addrs {
+                self.by_addr.remove(a);
+                self.s.router.forget_addr(a);
+            }
+            self.by_ufrag.remove(&peer.ufrag);
+            self.s.router.forget_ufrag(&peer.ufrag);
+            self.s.router.forget_peer(id);
+            if let Some(room) = self.rooms.get_mut(&peer.room) {
+                room.publishers.retain(|p| *p != id);
+                room.subscribers.retain(|p| *p != id);
+            }
+            if let Role::Publisher(p) = &peer.role {
+                for tid in p.tracks.values().copied().collect::<Vec<_>>() {
+                    self.remove_track(tid);
+                }
+            }
+            if self.rooms.get(&peer.room).is_some_and(|r| r.publishers.is_empty() && r.subscribers.is_empty()) {
+                self.rooms.remove(&peer.room);
+            }
+            let _ = self.s.events.send(SfuEvent::Closed { peer: id, conn: peer.owner.conn, reason });
+        }
+        self.run_followups();
+    }
+}
+
+fn self_new_out(tracks: &HashMap<TrackId, Track>, tid: TrackId) -> TrackOut {
+    let (clock, start) = match tracks.get(&tid).map(|t| t.kind) {
+        Some(MediaKind::Audio) => (48_000, 0),
+        _ => (90_000, 0),
+    };
+    TrackOut {
+        track: tid,
+        mid: None,
+        state: OutState::ToOpen,
+        selector: Selector::new(start, clock),
+        ssrc: None,
+        pt: None,
+    }
+}
+
+/// An msid token (RFC 8830: 1*64 token-char) from a device id.
+fn msid_token(device: &str) -> String {
+    device.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect()
+}
+
+fn on_event(id: PeerId, peer: &mut Peer, e: Event, followups: &mut Vec<Followup>) {
+    match e {
+        Event::Connected => peer.connected = true,
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => peer.dead = Some("disconnected"),
+        Event::RtpPacket(pkt) => {
+            if matches!(peer.role, Role::Publisher(_)) {
+                followups.push(Followup::Forward(id, Box::new(pkt)));
+            }
+        }
+        Event::MediaAdded(m) if matches!(peer.role, Role::Publisher(_)) && m.direction.is_receiving() => {
+            let rids = m.simulcast.map(|s| s.recv.into_iter().map(|l| l.rid).collect()).unwrap_or_default();
+            followups.push(Followup::MediaAdded(id, m.mid, m.kind, rids));
+        }
+        Event::MediaChanged(m) if matches!(peer.role, Role::Publisher(_)) && !m.direction.is_receiving() => {
+            followups.push(Followup::MediaStopped(id, m.mid));
+        }
+        Event::KeyframeRequest(k) => {
+            if matches!(peer.role, Role::Subscriber(_)) {
+                followups.push(Followup::Keyframe(id, k.mid, k.kind));
+            }
+        }
+        Event::MediaEgressStats(st) => {
+            let key = (st.mid, st.rid);
+            let seen = peer.nacks_seen.entry(key).or_insert(0);
+            followups.push(Followup::Nacks(st.nacks.saturating_sub(*seen)));
+            *seen = st.nacks;
+            tracing::debug!(peer = id.0, mid = %st.mid, packets = st.packets, nacks = st.nacks, loss = ?st.loss, rtt = ?st.rtt, "egress");
+        }
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            followups.push(Followup::Estimate(id, estimate.as_u64()));
+        }
+        _ => {}
+    }
+}
