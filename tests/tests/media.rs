@@ -6,15 +6,18 @@
 //!   publisher sealed into every frame is not in it;
 //! - a student who leaves the group loses its media connection and opens no frame after that epoch;
 //! - a subscriber's layer follows its bandwidth estimate (it reaches the top layer on loopback);
+//! - the teacher's audio level makes it the speaker; a student may publish only once the teacher stages it;
 //! - floods of malformed datagrams at the SFU's port do not cut the session's frame rate or drop a connection;
 //! - the SFU's counters are on `/metrics`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use cloister_client::media::{Media, MediaOptions, MediaStats, PublishOptions};
+use cloister_client::participant::MEDIA_ID_BASE;
 use cloister_client::{Api, Event, Participant, Role};
 use cloister_e2ee::group::EpochInfo;
 use cloister_testkit::canary;
+use cloister_wire::live::ClientFrame;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -123,8 +126,9 @@ async fn teacher_to_ten_students_end_to_end_encrypted_through_the_sfu() {
 
     let mut members = Vec::new();
     for (i, l) in logins.iter().enumerate() {
-        let role = if i == 0 { Role::Host { committers: vec![] } } else { Role::Join };
-        let p = Participant::start(api.clone(), l.clone(), &sid, "laptop", role).unwrap();
+        let (role, device) =
+            if i == 0 { (Role::Host { committers: vec![] }, "teacher-laptop") } else { (Role::Join, "laptop") };
+        let p = Participant::start(api.clone(), l.clone(), &sid, device, role).unwrap();
         members.push(Member { p, epochs: vec![], joined: false, removed: false });
         if i == 0 {
             wait(&mut members, "the teacher's group", 30, |m| m[0].joined).await;
@@ -202,6 +206,30 @@ async fn teacher_to_ten_students_end_to_end_encrypted_through_the_sfu() {
         let stats = stats.clone();
         until("every student on the top layer", 30, move || stats.iter().all(|s| g(&s.opened_per_layer[2]) > 30)).await;
     }
+
+    // The teacher's voice makes it the active speaker (the SFU reads the audio-level header, never the audio).
+    {
+        let stats = stats.clone();
+        until("the teacher named as the speaker", 10, move || {
+            stats.iter().all(|s| s.speaker.lock().unwrap().as_deref() == Some("teacher-laptop"))
+        })
+        .await;
+    }
+    // Only staff and members on stage publish: a student's publish is refused until the teacher stages it (a
+    // malformed offer then fails on its SDP, past the authorization).
+    let publish = |id| ClientFrame::MediaPublish { id, session: sid.clone(), sdp: "v=0".into(), sources: vec![] };
+    members[1].p.send_media(publish(MEDIA_ID_BASE + 900));
+    let first = stats[0].clone();
+    until("a student's publish refused", 10, move || first.closed.lock().unwrap().iter().any(|c| c == "not_on_stage"))
+        .await;
+    members[0].p.stage(&logins[1].user_id, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    members[1].p.send_media(publish(MEDIA_ID_BASE + 901));
+    let first = stats[0].clone();
+    until("a staged student's publish past the stage check", 10, move || {
+        first.closed.lock().unwrap().iter().any(|c| c == "sdp_invalid")
+    })
+    .await;
 
     // Floods of malformed datagrams at the SFU's port (STUN-, DTLS-, RTP-looking and random, 20,000 a second from
     // many sources): the session keeps its frame rate and nobody's connection drops.

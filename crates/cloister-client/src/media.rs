@@ -197,8 +197,10 @@ pub struct MediaStats {
     pub publishing: AtomicU64,
     /// The subscribe connection reached `connected`.
     pub subscribed: AtomicU64,
-    /// Media connections the server closed, by the last code.
+    /// Media connections the server closed and media requests it refused, by code, in order.
     pub closed: Mutex<Vec<String>>,
+    /// The session's active speaker as the SFU last named it.
+    pub speaker: Mutex<Option<String>>,
 }
 
 impl MediaStats {
@@ -221,6 +223,7 @@ impl MediaStats {
             "publishing": g(&self.publishing) > 0,
             "subscribed": g(&self.subscribed) > 0,
             "closed": self.closed.lock().map(|c| c.clone()).unwrap_or_default(),
+            "speaker": self.speaker.lock().map(|s| s.clone()).unwrap_or_default(),
         })
     }
 
@@ -748,6 +751,11 @@ impl Engine {
             ServerFrame::MediaClosed { code, .. } => {
                 if let Ok(mut c) = self.stats.closed.lock() {
                     c.push(code);
+                }
+            }
+            ServerFrame::Speaker { device, .. } => {
+                if let Ok(mut s) = self.stats.speaker.lock() {
+                    *s = device;
                 }
             }
             ServerFrame::MediaLayer { layer, .. } => {

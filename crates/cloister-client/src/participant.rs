@@ -87,6 +87,7 @@ enum Command {
 /// A handle on a running participant.
 pub struct Participant {
     commands: mpsc::UnboundedSender<Command>,
+    session: String,
     media: Option<MediaLink>,
     /// Its events, in order.
     pub events: mpsc::UnboundedReceiver<Event>,
@@ -137,7 +138,7 @@ impl Participant {
             media_keys: keys,
         };
         let task = tokio::spawn(actor.run());
-        Ok(Self { commands: ctx, media: Some(media), events: erx, task })
+        Ok(Self { commands: ctx, session: session.to_owned(), media: Some(media), events: erx, task })
     }
 
     /// The link for a media engine (taken once): media signaling through this participant's WebSocket and the media
@@ -155,6 +156,19 @@ impl Participant {
     /// other commit for the epoch, and only one wins.
     pub fn rekey(&self) {
         let _ = self.commands.send(Command::Rekey);
+    }
+
+    /// Sends a media frame as it is (tests, and tools that drive signaling themselves); its answer goes to the
+    /// media link.
+    pub fn send_media(&self, frame: ClientFrame) {
+        let _ = self.commands.send(Command::Media(frame));
+    }
+
+    /// Staff only: lets a member publish media (`on`) or stops it publishing.
+    pub fn stage(&self, user: &str, on: bool) {
+        let id = MEDIA_ID_BASE + (1 << 39);
+        let frame = ClientFrame::Stage { id, session: self.session.clone(), user: user.to_owned(), on };
+        let _ = self.commands.send(Command::Media(frame));
     }
 
     /// Asks the delivery service to remove this device from the group.
