@@ -504,6 +504,10 @@ impl Shard {
                 match self.negotiate(peer, true) {
                     Some(offer) => {
                         let _ = reply.send(Ok(offer));
+                        // A newcomer learns who is speaking now (the others hear it again, harmlessly).
+                        if let Some(device) = self.rooms.get(&room).and_then(|r| r.speaker.clone()) {
+                            let _ = self.s.events.send(SfuEvent::Speaker { room: room.clone(), device: Some(device) });
+                        }
                     }
                     None => {
                         self.kill(peer, "media_unavailable");
