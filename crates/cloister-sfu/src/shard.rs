@@ -115,6 +115,7 @@ enum OutState {
     Open,
     ToStop,
     Stopping,
+    Stopped,
 }
 
 struct TrackOut {
@@ -603,13 +604,13 @@ impl Shard {
                         out.pt = if kind == Some(MediaKind::Audio) { opus } else { vp8 };
                     }
                 }
-                OutState::Stopping => out.state = OutState::ToStop,
+                // Its stop is negotiated: the m-line is done.
+                OutState::Stopping => out.state = OutState::Stopped,
+                // ToStop (a track that went away while this offer was out) is stopped in the next offer.
                 _ => {}
             }
         }
-        sub.outs.retain(|o| o.state != OutState::ToStop || o.mid.is_none());
-        // Stopped m-lines are done; the ones left ToStop here were stopped in this round.
-        sub.outs.retain(|o| o.state != OutState::ToStop);
+        sub.outs.retain(|o| o.state != OutState::Stopped);
         self.drain(id);
         self.negotiate(id, false);
         self.run_followups();
