@@ -325,6 +325,8 @@ impl Router {
 /// A running SFU. Dropping it stops its threads.
 pub struct Sfu {
     local: SocketAddr,
+    /// Where the socket is bound (the stop datagram goes there, not to the advertised address).
+    bound: SocketAddr,
     shards: Vec<std_mpsc::SyncSender<ShardMsg>>,
     router: Arc<Router>,
     rooms: Mutex<HashMap<String, usize>>,
@@ -391,6 +393,11 @@ impl Sfu {
         Ok((
             Self {
                 local: advertised,
+                bound: if local.ip().is_unspecified() {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+                } else {
+                    local
+                },
                 shards,
                 router,
                 rooms: Mutex::new(HashMap::new()),
@@ -517,9 +524,10 @@ impl Drop for Sfu {
         for tx in &self.shards {
             let _ = tx.send(ShardMsg::Stop);
         }
-        // Wake the receive thread: a datagram to ourselves.
-        if let Ok(probe) = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)) {
-            let _ = probe.send_to(b"stop", self.local);
+        // Wake the receive thread: a datagram to the bound socket itself (the advertised address may be a NAT's or
+        // a relay's, which would never deliver it).
+        if let Ok(probe) = UdpSocket::bind(SocketAddr::new(self.bound.ip(), 0)) {
+            let _ = probe.send_to(b"stop", self.bound);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -563,5 +571,30 @@ fn receive_loop(
             }
             Err(std_mpsc::TrySendError::Disconnected(_)) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dropping_stops_every_thread_even_when_the_advertised_address_is_elsewhere() {
+        for advertise in [None, Some(IpAddr::from([127, 0, 0, 2])), Some(IpAddr::from([192, 0, 2, 1]))] {
+            let (sfu, _events) = Sfu::start(SfuConfig { advertise, shards: 2, ..SfuConfig::default() }).unwrap();
+            let started = Instant::now();
+            drop(sfu);
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "drop hung with {advertise:?}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_bind_needs_an_address_to_advertise() {
+        let wildcard = SfuConfig { bind: SocketAddr::from(([0, 0, 0, 0], 0)), ..SfuConfig::default() };
+        assert!(Sfu::start(wildcard.clone()).is_err());
+        let (sfu, _events) =
+            Sfu::start(SfuConfig { advertise: Some(IpAddr::from([127, 0, 0, 1])), ..wildcard }).unwrap();
+        assert_eq!(sfu.local_addr().ip(), IpAddr::from([127, 0, 0, 1]));
     }
 }
