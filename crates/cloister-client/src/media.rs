@@ -358,8 +358,8 @@ enum Waiting {
 
 type Pc = Arc<dyn PeerConnection>;
 
-/// The publish connection, its SFU peer id, its streaming tasks and its layers' (SSRC, layer).
-type Publishing = (Pc, Option<u64>, Vec<tokio::task::JoinHandle<()>>, Vec<(u32, usize)>);
+/// The publish connection and its streaming tasks.
+type Publishing = (Pc, Vec<tokio::task::JoinHandle<()>>);
 
 struct Engine {
     link: MediaLink,
@@ -532,7 +532,7 @@ impl Engine {
     }
 
     async fn teardown(&mut self) {
-        if let Some((pc, _, tasks, _)) = self.publisher.take() {
+        if let Some((pc, tasks)) = self.publisher.take() {
             for t in tasks {
                 t.abort();
             }
@@ -633,7 +633,7 @@ impl Engine {
         let keys = self.link.keys.clone();
         let canary = files.canary.clone();
         if let Some(track) = camera_sender {
-            for (ssrc, layer) in layers.clone() {
+            for &(ssrc, layer) in &layers {
                 let frames = files.camera[layer].clone();
                 let track = track.clone();
                 let keys = keys.clone();
@@ -689,16 +689,15 @@ impl Engine {
                 }
             }
         }));
-        self.publisher = Some((built.pc, None, tasks, layers));
+        self.publisher = Some((built.pc, tasks));
         Ok(())
     }
 
     async fn on_signal(&mut self, f: ServerFrame) -> anyhow::Result<()> {
         match f {
-            ServerFrame::MediaAnswer { id, peer, sdp } => {
+            ServerFrame::MediaAnswer { id, sdp, .. } => {
                 if matches!(self.waiting.remove(&id), Some(Waiting::PublishAnswer)) {
-                    if let Some((pc, p, _, _)) = &mut self.publisher {
-                        *p = Some(peer);
+                    if let Some((pc, _)) = &self.publisher {
                         pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
                     }
                 }

@@ -499,7 +499,7 @@ impl Shard {
                 let tracks: Vec<TrackId> = self.rooms.get(&room).map(|r| r.tracks.clone()).unwrap_or_default();
                 if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
                     for t in tracks {
-                        sub.outs.push(self_new_out(&self.tracks, t));
+                        sub.outs.push(new_out(&self.tracks, t));
                     }
                 }
                 match self.negotiate(peer, true) {
@@ -592,14 +592,13 @@ impl Shard {
                     out.state = OutState::Open;
                     if let Some(mid) = out.mid {
                         let mut api = peer.rtc.direct_api();
-                        let tx = api.stream_tx_by_mid(mid, None);
-                        if let Some(tx) = tx {
+                        out.ssrc = api.stream_tx_by_mid(mid, None).map(|tx| {
                             // Answer every NACK while the packet is cached: str0m's default drops queued resends
                             // once retransmissions pass 15% of the bytes, and the BWE's probes (sent as resends)
                             // count towards that, so under loss NACKs went unanswered.
                             tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
-                        }
-                        out.ssrc = peer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc());
+                            tx.ssrc()
+                        });
                         let kind = peer.rtc.media(mid).map(|m| m.kind());
                         out.pt = if kind == Some(MediaKind::Audio) { opus } else { vp8 };
                     }
@@ -723,7 +722,7 @@ impl Shard {
         };
         for sid in subscribers {
             if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&sid).map(|p| &mut p.role) {
-                sub.outs.push(self_new_out(&self.tracks, tid));
+                sub.outs.push(new_out(&self.tracks, tid));
             }
             self.negotiate(sid, false);
         }
@@ -1044,19 +1043,10 @@ impl Shard {
     }
 }
 
-fn self_new_out(tracks: &HashMap<TrackId, Track>, tid: TrackId) -> TrackOut {
-    let (clock, start) = match tracks.get(&tid).map(|t| t.kind) {
-        Some(MediaKind::Audio) => (48_000, 0),
-        _ => (90_000, 0),
-    };
-    TrackOut {
-        track: tid,
-        mid: None,
-        state: OutState::ToOpen,
-        selector: Selector::new(start, clock),
-        ssrc: None,
-        pt: None,
-    }
+/// A subscriber's copy of a track, to be negotiated; it starts on layer 0 (the tick raises it).
+fn new_out(tracks: &HashMap<TrackId, Track>, tid: TrackId) -> TrackOut {
+    let clock = if tracks.get(&tid).is_some_and(|t| t.kind == MediaKind::Audio) { 48_000 } else { 90_000 };
+    TrackOut { track: tid, mid: None, state: OutState::ToOpen, selector: Selector::new(0, clock), ssrc: None, pt: None }
 }
 
 /// An msid token (RFC 8830: 1*64 token-char) from a device id.
