@@ -942,47 +942,67 @@ impl Assembler {
 }
 
 /// Counts the frames of a layer's file that never opened, from the frame indices that did (the files loop, so
-/// indices are unwrapped by the loop count). A layer switch closes the run.
+/// indices are unwrapped by the loop count). Each layer has its own run of indices. A run stays open for
+/// [`LATE`] after its last frame, so a frame repaired after a layer switch still fills its gap; a layer the SFU
+/// left for longer starts a new run when it comes back, so the frames it skipped meanwhile are not counted.
 #[derive(Default)]
 struct Runs {
-    layer: Option<usize>,
+    runs: [Option<Run>; 3],
+    closed_missing: u64,
+}
+
+struct Run {
     min: u64,
     max: u64,
     count: u64,
     recent: std::collections::BTreeSet<u64>,
-    closed_missing: u64,
+    last: Instant,
 }
 
+impl Run {
+    fn new(u: u64, now: Instant) -> Self {
+        Run { min: u, max: u, count: 1, recent: [u].into(), last: now }
+    }
+
+    fn missing(&self) -> u64 {
+        (self.max - self.min + 1).saturating_sub(self.count)
+    }
+}
+
+/// How long a layer's run waits for late (repaired) frames after its last one: several NACK round trips, and less
+/// than the second between key frames that the SFU needs to leave a layer and come back to it.
+const LATE: Duration = Duration::from_millis(700);
+
 impl Runs {
-    /// Records frame `index` of `layer` (file of `len` frames); returns the missing total so far.
-    fn record(&mut self, layer: usize, index: usize, len: usize) -> u64 {
+    /// Records frame `index` of `layer` (file of `len` frames) opened at `now`; returns the missing total so far.
+    fn record(&mut self, layer: usize, index: usize, len: usize, now: Instant) -> u64 {
         let (index, len) = (index as u64, len.max(1) as u64);
-        if self.layer != Some(layer) {
-            if self.layer.is_some() {
-                self.closed_missing += self.max - self.min + 1 - self.count;
+        for (l, slot) in self.runs.iter_mut().enumerate() {
+            let stale = slot.as_ref().is_some_and(|r| now.saturating_duration_since(r.last) > LATE);
+            if stale || (l == layer && slot.is_none()) {
+                if let Some(old) = slot.take() {
+                    self.closed_missing += old.missing();
+                }
+                if l == layer {
+                    *slot = Some(Run::new(4 * len + index, now));
+                }
+            } else if l == layer {
+                if let Some(r) = slot.as_mut() {
+                    let base = r.max - r.max % len;
+                    let mut candidates = [base + index, base + index + len, (base + index).saturating_sub(len)];
+                    candidates.sort_by_key(|c| c.abs_diff(r.max));
+                    let u = candidates[0];
+                    if r.recent.insert(u) {
+                        r.count += 1;
+                        r.min = r.min.min(u);
+                        r.max = r.max.max(u);
+                    }
+                    r.recent = r.recent.split_off(&r.max.saturating_sub(2 * len));
+                    r.last = now;
+                }
             }
-            let u = 4 * len + index;
-            *self = Runs {
-                layer: Some(layer),
-                min: u,
-                max: u,
-                count: 1,
-                recent: [u].into(),
-                closed_missing: self.closed_missing,
-            };
-            return self.closed_missing;
         }
-        let base = self.max - self.max % len;
-        let mut candidates = [base + index, base + index + len, (base + index).saturating_sub(len)];
-        candidates.sort_by_key(|c| c.abs_diff(self.max));
-        let u = candidates[0];
-        if self.recent.insert(u) {
-            self.count += 1;
-            self.min = self.min.min(u);
-            self.max = self.max.max(u);
-        }
-        self.recent = self.recent.split_off(&self.max.saturating_sub(2 * len));
-        self.closed_missing + (self.max - self.min + 1).saturating_sub(self.count)
+        self.closed_missing + self.runs.iter().flatten().map(Run::missing).sum::<u64>()
     }
 }
 
@@ -1063,7 +1083,7 @@ fn check(frame: &[u8], video: bool, expected: &Expected, stats: &MediaStats, run
         Some(&(layer, index)) if layer < 3 => {
             stats.opened_per_layer[layer].fetch_add(1, Ordering::Relaxed);
             let len = expected.lens.get(layer).copied().unwrap_or(1);
-            stats.video_missing.store(runs.record(layer, index, len), Ordering::Relaxed);
+            stats.video_missing.store(runs.record(layer, index, len, Instant::now()), Ordering::Relaxed);
         }
         Some(_) => {}
         None => {
@@ -1103,14 +1123,22 @@ mod tests {
 
     #[test]
     fn missing_frames_are_counted_across_reordering_loops_and_switches() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
         let mut r = Runs::default();
-        assert_eq!(r.record(2, 88, 90), 0);
-        assert_eq!(r.record(2, 0, 90), 1, "89 not yet");
-        assert_eq!(r.record(2, 89, 90), 0, "it came late");
-        assert_eq!(r.record(2, 3, 90), 2, "1 and 2 missing");
-        assert_eq!(r.record(0, 40, 90), 2, "a switch keeps what was missing and starts a new run");
-        assert_eq!(r.record(0, 41, 90), 2);
-        assert_eq!(r.record(0, 41, 90), 2, "a repeat counts once");
+        assert_eq!(r.record(2, 88, 90, at(0)), 0);
+        assert_eq!(r.record(2, 0, 90, at(60)), 1, "89 not yet");
+        assert_eq!(r.record(2, 89, 90, at(100)), 0, "it came late");
+        assert_eq!(r.record(2, 3, 90, at(160)), 2, "1 and 2 missing");
+        assert_eq!(r.record(0, 4, 90, at(200)), 2, "a switch keeps what was missing and starts a run of its own");
+        assert_eq!(r.record(2, 2, 90, at(250)), 1, "a repaired frame of the old layer still fills its gap");
+        assert_eq!(r.record(0, 5, 90, at(260)), 1);
+        assert_eq!(r.record(0, 5, 90, at(270)), 1, "a repeat counts once");
+        assert_eq!(r.record(0, 7, 90, at(330)), 2, "6 missing on the new layer");
+        // The old layer's run closed after LATE with 1 still missing; coming back to it after a second does not
+        // count the frames it skipped meanwhile.
+        assert_eq!(r.record(2, 40, 90, at(1400)), 2);
+        assert_eq!(r.record(2, 41, 90, at(1430)), 2);
     }
 
     #[test]
