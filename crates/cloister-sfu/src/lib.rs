@@ -200,6 +200,8 @@ pub struct SfuMetrics {
     pub keyframe_requests: AtomicU64,
     /// NACKs received from subscribers (answered from the RTX cache while the packet is in it).
     pub nacks: AtomicU64,
+    /// Packets not written to a subscriber because its queue was full (the shard could not send fast enough).
+    pub backlog_drops: AtomicU64,
     /// Peers now.
     pub peers: AtomicU64,
 }
@@ -224,6 +226,12 @@ impl SfuMetrics {
                 g(&self.keyframe_requests),
             ),
             ("cloister_sfu_nacks_total", "counter", "NACKs received from subscribers", g(&self.nacks)),
+            (
+                "cloister_sfu_backlog_drops_total",
+                "counter",
+                "packets dropped for a subscriber whose queue was full",
+                g(&self.backlog_drops),
+            ),
             ("cloister_sfu_peers", "gauge", "peer connections", g(&self.peers)),
         ] {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));

@@ -4,7 +4,8 @@
 
 use crate::simulcast::{choose_layer, Decision, Incoming, Selector};
 use crate::{Command, Owner, PeerId, Router, SfuError, SfuEvent, SfuMetrics, ShardMsg, Source, TrackInfo};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +32,10 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 /// Packets (and age) each outgoing video stream keeps for answering NACKs: about 3 s of the top layer.
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// Packets written to a subscriber and not sent yet beyond which forwarding drops instead (about a second and a
+/// half of the top layer and audio). It bounds memory and latency when the shard cannot send as fast as it is
+/// asked to; the subscriber sees loss, and its NACKs and key-frame requests recover it.
+const MAX_BACKLOG: u32 = 256;
 /// A layer with no packet for this long counts as not received.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Audio level (RFC 6464, -dBov) at or below which a track counts as speaking.
@@ -159,6 +164,10 @@ struct Peer {
     created: Instant,
     connected: bool,
     dead: Option<&'static str>,
+    /// Written to since its last drain (forwarding drains each subscriber once per batch of input, not per packet).
+    dirty: bool,
+    /// Packets written and not yet sent (approximately: every datagram sent counts one off).
+    backlog: u32,
     /// NACKs received per outgoing stream, as str0m last counted them.
     nacks_seen: HashMap<(Mid, Option<str0m::media::Rid>), u64>,
 }
@@ -183,6 +192,13 @@ pub(crate) struct Shard {
     next_track: u64,
     origin: Instant,
     followups: Vec<Followup>,
+    /// Each peer's str0m timeout, earliest first. An entry is stale when the peer's timeout has moved since; it is
+    /// skipped when it comes up (a peer's newer timeout has an entry of its own).
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Peers written to and not drained yet.
+    dirty: Vec<PeerId>,
+    /// A peer died since the last reap.
+    reap_due: bool,
 }
 
 fn rtc_error(e: impl std::fmt::Display) -> SfuError {
@@ -201,6 +217,9 @@ impl Shard {
             next_track: 1,
             origin: Instant::now(),
             followups: Vec::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            reap_due: false,
         }
     }
 
@@ -208,7 +227,7 @@ impl Shard {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let now = Instant::now();
-            let deadline = self.peers.values().map(|p| p.timeout).min().unwrap_or(next_tick).min(next_tick);
+            let deadline = self.timers.peek().map_or(next_tick, |Reverse((t, _))| *t).min(next_tick);
             let wait = deadline.saturating_duration_since(now);
             let first = if wait.is_zero() {
                 rx.try_recv().ok()
@@ -235,11 +254,20 @@ impl Shard {
                     }
                 }
             }
+            self.flush_dirty();
             let now = Instant::now();
-            let due: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.timeout <= now).map(|(id, _)| *id).collect();
-            for id in due {
-                self.input(id, None, now);
+            while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+                if t > now {
+                    break;
+                }
+                self.timers.pop();
+                // Skip stale entries: the peer is gone, or its timeout moved (and has its own entry).
+                if self.peers.get(&id).is_some_and(|p| p.timeout == t && p.dead.is_none()) {
+                    self.input(id, None, now);
+                }
             }
+            self.run_followups();
+            self.flush_dirty();
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -344,6 +372,7 @@ impl Shard {
         if let Some(p) = self.peers.get_mut(&id) {
             if p.dead.is_none() {
                 p.dead = Some(reason);
+                self.reap_due = true;
                 if reason == "bad_input" || reason == "internal_error" {
                     self.s.metrics.peer_errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -354,20 +383,33 @@ impl Shard {
     /// `poll_output` until a timeout: transmits go out, events become follow-ups.
     fn drain(&mut self, id: PeerId) {
         let Some(peer) = self.peers.get_mut(&id) else { return };
+        peer.dirty = false;
         let socket = &self.s.socket;
         let metrics = &self.s.metrics;
         let followups = &mut self.followups;
+        let timers = &mut self.timers;
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            // str0m's pacer releases one queued packet per `handle_timeout`; a timeout already due is served here,
+            // a bounded number of times, rather than through the timer heap and another turn of the loop.
+            let mut due_budget = 64;
             loop {
                 if !peer.rtc.is_alive() {
                     return Err("disconnected".into());
                 }
                 match peer.rtc.poll_output().map_err(|e| e.to_string())? {
+                    Output::Timeout(t) if due_budget > 0 && t <= peer.last_now => {
+                        due_budget -= 1;
+                        peer.rtc.handle_input(Input::Timeout(peer.last_now)).map_err(|e| e.to_string())?;
+                    }
                     Output::Timeout(t) => {
-                        peer.timeout = t;
+                        if t != peer.timeout {
+                            peer.timeout = t;
+                            timers.push(Reverse((t, id)));
+                        }
                         return Ok(());
                     }
                     Output::Transmit(t) => {
+                        peer.backlog = peer.backlog.saturating_sub(1);
                         metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
                         let _ = socket.send_to(&t.contents, t.destination);
                     }
@@ -386,6 +428,10 @@ impl Shard {
                 tracing::warn!(peer = id.0, "str0m panicked on output; peer dropped");
                 self.kill(id, "internal_error");
             }
+        }
+        // An event may have ended it (ICE disconnected).
+        if self.peers.get(&id).is_some_and(|p| p.dead.is_some()) {
+            self.reap_due = true;
         }
     }
 
@@ -461,9 +507,12 @@ impl Shard {
                 created: now,
                 connected: false,
                 dead: None,
+                dirty: false,
+                backlog: 0,
                 nacks_seen: HashMap::new(),
             },
         );
+        self.timers.push(Reverse((now, id)));
         self.s.metrics.peers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -629,8 +678,12 @@ impl Shard {
         if sub.pending.is_some() {
             return None;
         }
+        // A first offer with no track to carry gets a data channel, so the connection can come up before any
+        // track exists. With tracks it needs none, and str0m then runs no SCTP for it: polling an association
+        // costs every packet sent on that connection about a tenth of its str0m work.
+        let openable = sub.outs.iter().any(|o| o.state == OutState::ToOpen && tracks.contains_key(&o.track));
         let mut change = peer.rtc.sdp_api();
-        if first {
+        if first && !openable {
             change.add_channel("cloister".into());
         }
         for out in &mut sub.outs {
@@ -850,6 +903,11 @@ impl Shard {
                 wanted_keyframes.push(out.selector.target());
             }
             let Decision::Forward { seq, ts, picture_id, switched } = decision else { continue };
+            if peer.backlog >= MAX_BACKLOG {
+                // Dropped after the selector numbered it: the subscriber sees the gap as loss.
+                self.s.metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { continue };
             let mut write = RtpWrite::new(pt, SeqNo::from(seq), ts, now, Arc::clone(&pkt.payload))
                 .marker(pkt.header.marker)
@@ -871,6 +929,7 @@ impl Shard {
             }));
             match written {
                 Ok(true) => {
+                    peer.backlog += 1;
                     self.s.metrics.rtp_out.fetch_add(1, Ordering::Relaxed);
                     if switched && !is_audio {
                         self.s.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
@@ -890,7 +949,12 @@ impl Shard {
                     continue;
                 }
             }
-            self.drain(sid);
+            if let Some(peer) = self.peers.get_mut(&sid) {
+                if !peer.dirty {
+                    peer.dirty = true;
+                    self.dirty.push(sid);
+                }
+            }
         }
         for layer in wanted_keyframes {
             self.request_keyframe(tid, usize::from(layer), KeyframeRequestKind::Pli);
@@ -924,6 +988,8 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        // Timeouts found here (ICE) mark peers dead directly; look for them at the next reap.
+        self.reap_due = true;
         let secs = TICK.as_secs_f64();
         for t in self.tracks.values_mut() {
             for l in &mut t.layers {
@@ -1011,7 +1077,22 @@ impl Shard {
     }
 
     /// Removes dead peers and what hangs off them.
+    /// Sends what was written to each peer since its last drain. str0m's pacer releases queued packets only in
+    /// `handle_timeout`, so each gets one (rather than a wake-up of its own later) and is drained.
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            let now = Instant::now();
+            for id in std::mem::take(&mut self.dirty) {
+                self.input(id, None, now);
+            }
+            self.run_followups();
+        }
+    }
+
     fn reap(&mut self) {
+        if !std::mem::take(&mut self.reap_due) {
+            return;
+        }
         let dead: Vec<(PeerId, &'static str)> =
             self.peers.iter().filter_map(|(id, p)| p.dead.map(|r| (*id, r))).collect();
         for (id, reason) in dead {

@@ -5,8 +5,10 @@
 //! - `cargo xtask wasm`: build the browser's e2ee module (wasm-bindgen, size budget).
 //! - `cargo xtask fuzz [--seconds N] [TARGET ...]`: the e2ee core's fuzz targets (cargo-fuzz), N seconds each.
 //! - `cargo xtask bench`: account benchmarks (argon2id, logins/s, `GET /api/v1/me` latency); see BENCHMARKS.md.
+//! - `cargo xtask bench sfu [--quick]`: the SFU load benchmark beside Janus's videoroom; see BENCHMARKS.md.
 
 mod bench;
+mod bench_sfu;
 mod fuzz;
 mod wasm;
 
@@ -142,6 +144,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run_server(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") if args.get(1).is_some_and(|a| a == "sfu") => bench_sfu::main(&args[2..]),
         Some("bench") => bench::main(&args[1..]),
         Some("wasm") => wasm::build().map(|_| ()),
         Some("fuzz") => fuzz::main(&args[1..]),
@@ -152,6 +155,7 @@ fn main() -> anyhow::Result<()> {
                  \x20 run [FLAGS]       build and start `cloister serve` (embedded database in ./cloister-data)\n\
                  \x20 test [--quick]    install test prerequisites, then fmt, clippy, docs and all tests\n\
                  \x20 bench             account benchmarks (argon2id, logins/s, GET /api/v1/me)\n\
+                 \x20 bench sfu [--quick]  SFU load benchmark beside Janus (root; installs janus)\n\
                  \x20 fuzz [--seconds N] [TARGET..]  run the e2ee fuzz targets N seconds each (default 30)
                  \x20 wasm              build the browser e2ee module (target/wasm/{{web,nodejs}}), check its size\n\
                  \x20 install-postgres  install Debian's PostgreSQL if missing"
