@@ -200,7 +200,8 @@ pub struct SfuMetrics {
     pub keyframe_requests: AtomicU64,
     /// NACKs received from subscribers (answered from the RTX cache while the packet is in it).
     pub nacks: AtomicU64,
-    /// Packets not written to a subscriber because its queue was full (the shard could not send fast enough).
+    /// Packets dropped because the shard could not send fast enough: not written to a subscriber whose queue was
+    /// full, or a publisher's packet that waited too long in the shard's queue.
     pub backlog_drops: AtomicU64,
     /// Peers now.
     pub peers: AtomicU64,
@@ -229,7 +230,7 @@ impl SfuMetrics {
             (
                 "cloister_sfu_backlog_drops_total",
                 "counter",
-                "packets dropped for a subscriber whose queue was full",
+                "packets dropped because the shard fell behind",
                 g(&self.backlog_drops),
             ),
             ("cloister_sfu_peers", "gauge", "peer connections", g(&self.peers)),

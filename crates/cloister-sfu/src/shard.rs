@@ -32,10 +32,13 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 /// Packets (and age) each outgoing video stream keeps for answering NACKs: about 3 s of the top layer.
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
-/// Packets written to a subscriber and not sent yet beyond which forwarding drops instead (about a second and a
-/// half of the top layer and audio). It bounds memory and latency when the shard cannot send as fast as it is
-/// asked to; the subscriber sees loss, and its NACKs and key-frame requests recover it.
-const MAX_BACKLOG: u32 = 256;
+/// Packets queued on a subscriber's stream (as str0m last sampled it) beyond which forwarding drops instead: a
+/// third of a second of the top layer. It bounds memory and latency when the shard cannot send as fast as it is
+/// asked to; the subscriber sees loss, and its NACKs and key-frame requests recover it. (256 let an overloaded
+/// shard hold 8 s of packets.)
+const MAX_BACKLOG: usize = 64;
+/// RTP from a publisher that waited longer than this in the shard's queue is dropped, not forwarded.
+const STALE_INPUT: Duration = Duration::from_millis(200);
 /// A layer with no packet for this long counts as not received.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Audio level (RFC 6464, -dBov) at or below which a track counts as speaking.
@@ -166,8 +169,6 @@ struct Peer {
     dead: Option<&'static str>,
     /// Written to since its last drain (forwarding drains each subscriber once per batch of input, not per packet).
     dirty: bool,
-    /// Packets written and not yet sent (approximately: every datagram sent counts one off).
-    backlog: u32,
     /// NACKs received per outgoing stream, as str0m last counted them.
     nacks_seen: HashMap<(Mid, Option<str0m::media::Rid>), u64>,
 }
@@ -268,6 +269,11 @@ impl Shard {
             }
             self.run_followups();
             self.flush_dirty();
+            // Stale entries wait in the heap until their time comes; peers whose timeout keeps moving later can pile
+            // them up faster. Rebuild from the live timeouts when they outnumber the peers well.
+            if self.timers.len() > 4 * self.peers.len() + 1024 {
+                self.timers = self.peers.iter().map(|(id, p)| Reverse((p.timeout, *id))).collect();
+            }
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -280,7 +286,16 @@ impl Shard {
     fn handle(&mut self, msg: ShardMsg) -> bool {
         match msg {
             ShardMsg::Stop => return false,
-            ShardMsg::Datagram { source, at, bytes } => self.datagram(source, at, &bytes),
+            ShardMsg::Datagram { source, at, bytes } => {
+                // A shard that fell behind (every publisher packet costs a send per subscriber) drops RTP that has
+                // waited too long rather than forward it late; STUN, DTLS and RTCP are always taken.
+                let rtp = bytes.len() >= 2 && bytes[0] >> 6 == 2 && !(64..96).contains(&(bytes[1] & 0x7f));
+                if rtp && at.elapsed() > STALE_INPUT {
+                    self.s.metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.datagram(source, at, &bytes);
+                }
+            }
             ShardMsg::Command(c) => self.command(c),
         }
         self.run_followups();
@@ -409,7 +424,6 @@ impl Shard {
                         return Ok(());
                     }
                     Output::Transmit(t) => {
-                        peer.backlog = peer.backlog.saturating_sub(1);
                         metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
                         let _ = socket.send_to(&t.contents, t.destination);
                     }
@@ -508,7 +522,6 @@ impl Shard {
                 connected: false,
                 dead: None,
                 dirty: false,
-                backlog: 0,
                 nacks_seen: HashMap::new(),
             },
         );
@@ -646,6 +659,9 @@ impl Shard {
                             // once retransmissions pass 15% of the bytes, and the BWE's probes (sent as resends)
                             // count towards that, so under loss NACKs went unanswered.
                             tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                            // Unpaced, as audio is by default: str0m's pacer would release one packet per
+                            // `handle_timeout`, and a frame's packets would wait behind each other for it.
+                            tx.set_unpaced(true);
                             tx.ssrc()
                         });
                         let kind = peer.rtc.media(mid).map(|m| m.kind());
@@ -903,11 +919,6 @@ impl Shard {
                 wanted_keyframes.push(out.selector.target());
             }
             let Decision::Forward { seq, ts, picture_id, switched } = decision else { continue };
-            if peer.backlog >= MAX_BACKLOG {
-                // Dropped after the selector numbered it: the subscriber sees the gap as loss.
-                self.s.metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { continue };
             let mut write = RtpWrite::new(pt, SeqNo::from(seq), ts, now, Arc::clone(&pkt.payload))
                 .marker(pkt.header.marker)
@@ -920,7 +931,14 @@ impl Shard {
             }
             let mid = out.mid;
             let layer_now = out.selector.current();
+            let metrics = &self.s.metrics;
             let written = catch_unwind(AssertUnwindSafe(|| match peer.rtc.direct_api().stream_tx(&out_ssrc) {
+                // Its queue is full (as str0m last sampled it): dropped after the selector numbered it, so the
+                // subscriber sees the gap as loss.
+                Some(tx) if tx.queue_info().is_some_and(|q| q.packet_count() >= MAX_BACKLOG) => {
+                    metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
                 Some(tx) => {
                     tx.write_rtp(write);
                     true
@@ -929,7 +947,6 @@ impl Shard {
             }));
             match written {
                 Ok(true) => {
-                    peer.backlog += 1;
                     self.s.metrics.rtp_out.fetch_add(1, Ordering::Relaxed);
                     if switched && !is_audio {
                         self.s.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
@@ -1076,7 +1093,6 @@ impl Shard {
         self.run_followups();
     }
 
-    /// Removes dead peers and what hangs off them.
     /// Sends what was written to each peer since its last drain. str0m's pacer releases queued packets only in
     /// `handle_timeout`, so each gets one (rather than a wake-up of its own later) and is drained.
     fn flush_dirty(&mut self) {
@@ -1089,6 +1105,7 @@ impl Shard {
         }
     }
 
+    /// Removes dead peers and what hangs off them.
     fn reap(&mut self) {
         if !std::mem::take(&mut self.reap_due) {
             return;

@@ -103,7 +103,8 @@ type Waiters = Rc<RefCell<HashMap<u64, oneshot::Sender<Value>>>>;
 
 struct HostSignal {
     child: tokio::process::Child,
-    stdin: RefCell<Option<tokio::process::ChildStdin>>,
+    /// Request lines for the writer task (concurrent callers never interleave or wait on each other's writes).
+    lines: tokio::sync::mpsc::UnboundedSender<String>,
     waiters: Waiters,
     next: Cell<u64>,
 }
@@ -118,7 +119,15 @@ impl HostSignal {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {host}"))?;
-        let stdin = child.stdin.take().context("stdin")?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::task::spawn_local(async move {
+            while let Some(line) = lines_rx.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
         let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
         let first = lines.next_line().await?.context("the SFU host said nothing")?;
         let _udp: Value = serde_json::from_str(&first)?;
@@ -132,7 +141,7 @@ impl HostSignal {
                 }
             }
         });
-        Ok(HostSignal { child, stdin: RefCell::new(Some(stdin)), waiters, next: Cell::new(1) })
+        Ok(HostSignal { child, lines: lines_tx, waiters, next: Cell::new(1) })
     }
 
     fn pid(&self) -> u32 {
@@ -146,10 +155,7 @@ impl HostSignal {
         req["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(id, tx);
-        let mut stdin = self.stdin.borrow_mut().take().context("stdin busy")?;
-        let r = stdin.write_all(format!("{req}\n").as_bytes()).await;
-        *self.stdin.borrow_mut() = Some(stdin);
-        r?;
+        self.lines.send(format!("{req}\n")).map_err(|_| anyhow!("sfu-host's stdin closed"))?;
         let v = tokio::time::timeout(Duration::from_secs(30), rx).await??;
         if let Some(e) = v["error"].as_str() {
             bail!("sfu-host: {e}");
@@ -624,6 +630,16 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
     measuring.set(false);
     let rss = rss_bytes(pid)?;
     let failed_tasks = tasks.iter().filter(|t| t.is_finished()).count();
+    let mut errors = Vec::new();
+    for t in &mut tasks {
+        if t.is_finished() && errors.len() < 5 {
+            match t.await {
+                Ok(Err(e)) => errors.push(format!("{e:#}")),
+                Ok(Ok(())) => errors.push("ended".into()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
     let mut added = Vec::new();
     let (mut expected, mut received, mut video_pkts) = (0u64, 0u64, 0u64);
     let (mut connected, mut receiving) = (0usize, 0usize);
@@ -650,6 +666,7 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "target": target, "n": n, "connected": connected, "receiving": receiving, "ended_early": failed_tasks,
+        "errors": errors,
         "setup_s": setup_s, "window_s": secs,
         "egress_packets": received, "expected_packets": expected, "loss": loss,
         "published_packets": sent.packets.get(),
