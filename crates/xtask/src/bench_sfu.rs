@@ -7,7 +7,8 @@
 //!    loopback device (`ip route get 10.203.0.1` says `local ... dev lo`): nothing leaves the machine, and the path
 //!    is the loopback path. Without root both fall back to 127.0.0.1 and Janus is skipped.
 //! 3. Measures the floor (one `send_to` of 1,200 bytes from core 0 while core 1 drains), then for N in 25, 100,
-//!    400, 1,000 runs each SFU pinned to core 0 with the generator pinned to core 1, and bisects between the largest
+//!    400, 1,000 runs each SFU (alternating at each N) pinned to core 0 with the generator pinned to core 1, then
+//!    bisects, for each SFU, between the largest
 //!    N that meets the bar (seq-gap loss and undelivered packets each at most 0.1%, p99 added latency at most 5 ms,
 //!    every subscriber connected) and the next grid point that does not.
 //! 4. Prints a Markdown table; every run's JSON goes to `$TARGET/bench-sfu.jsonl`.
