@@ -3,7 +3,7 @@
 //!
 //! Requests: `{"id":1,"op":"publish","offer":SDP,"sources":[[MID,"camera"],...]}` → `{"id":1,"answer":SDP}`;
 //! `{"id":2,"op":"subscribe"}` → `{"id":2,"peer":P,"offer":SDP}`; `{"id":3,"op":"answer","peer":P,"sdp":SDP}` →
-//! `{"id":3,"ok":true}`; `{"id":4,"op":"metrics"}` → `{"id":4,"metrics":TEXT}`. Errors: `{"id":N,"error":TEXT}`.
+//! `{"id":3,"ok":true}`. Errors: `{"id":N,"error":TEXT}`.
 //! The first line printed is `{"udp":"ADDR"}`.
 
 use cloister_sfu::{Owner, PeerId, Sfu, SfuConfig, Source};
@@ -42,7 +42,6 @@ async fn handle(sfu: &Sfu, req: &Value) -> anyhow::Result<Value> {
             sfu.answer(peer, s("sdp")?).await?;
             Ok(json!({ "ok": true }))
         }
-        "metrics" => Ok(json!({ "metrics": sfu.metrics().render() })),
         other => anyhow::bail!("unknown op {other:?}"),
     }
 }

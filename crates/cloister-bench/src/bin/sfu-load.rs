@@ -622,9 +622,9 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
     let to_us = from_us + i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
     sent.from_us.set(from_us);
     sent.to_us.set(to_us);
-    let (cpu0, gen0, w0) = (cpu_time(pid)?, cpu_time(std::process::id())?, Instant::now());
+    let (cpu0, w0) = (cpu_time(pid)?, Instant::now());
     tokio::time::sleep(window).await;
-    let (cpu1, gen1, secs) = (cpu_time(pid)?, cpu_time(std::process::id())?, w0.elapsed().as_secs_f64());
+    let (cpu1, secs) = (cpu_time(pid)?, w0.elapsed().as_secs_f64());
     let busy_s = (busy.get() - busy0).as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.set(false);
@@ -657,7 +657,6 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
     }
     added.sort_unstable();
     let sfu_cpu = (cpu1 - cpu0).as_secs_f64();
-    let gen_cpu = (gen1 - gen0).as_secs_f64();
     let loss = if expected > 0 { 1.0 - received as f64 / expected as f64 } else { 1.0 };
     pub_task.abort();
     spin.abort();
@@ -673,7 +672,7 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
         "delivery": received as f64 / (sent.packets.get() as f64 * n as f64).max(1.0),
         "video_packets_per_sub_s": video_pkts as f64 / n.max(1) as f64 / secs,
         "added_latency_us": {"p50": quantile(&added, 0.5), "p99": quantile(&added, 0.99), "p999": quantile(&added, 0.999), "max": added.last().copied().unwrap_or(0)},
-        "sfu_cpu_s": sfu_cpu, "sfu_cpu_util": sfu_cpu / secs, "gen_cpu_util": gen_cpu / secs, "gen_busy_util": busy_s / secs,
+        "sfu_cpu_s": sfu_cpu, "sfu_cpu_util": sfu_cpu / secs, "gen_busy_util": busy_s / secs,
         "cpu_us_per_egress_packet": if received > 0 { sfu_cpu * 1e6 / received as f64 } else { 0.0 },
         "egress_packets_per_cpu_s": if sfu_cpu > 0.0 { received as f64 / sfu_cpu } else { 0.0 },
         "rss_base": rss_base, "rss": rss, "rss_per_sub": (rss.saturating_sub(rss_base)) as f64 / n.max(1) as f64,
