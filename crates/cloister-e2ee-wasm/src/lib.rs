@@ -10,7 +10,7 @@
 use cloister_e2ee::group::{
     external_sender_from_bytes, ClientIdentity, ExternalSenderIdentity, GroupEvent, Provider, SessionGroup,
 };
-use cloister_e2ee::media::Codec;
+use cloister_e2ee::media::{Codec, KidLayout, MediaKeyring, BASE_KEY_LEN};
 use cloister_e2ee::message::AppMessage;
 use wasm_bindgen::prelude::*;
 
@@ -91,14 +91,89 @@ impl Client {
         kps.pop().ok_or_else(|| JsError::new("no KeyPackage made"))
     }
 
+    /// `count` KeyPackages and, with `last_resort`, one more marked as last resort, for one upload.
+    /// Each is standard base64, as the live WebSocket carries them.
+    pub fn key_package_batch(&self, count: u32, last_resort: bool) -> Result<Vec<String>, JsError> {
+        use base64::Engine as _;
+        let kps = self.identity()?.key_packages(&self.provider, count as usize, last_resort).map_err(js)?;
+        Ok(kps.iter().map(|k| base64::engine::general_purpose::STANDARD.encode(k)).collect())
+    }
+
+    /// This device's signature-key fingerprint (as the roster shows it to others).
+    pub fn fingerprint(&self) -> Result<String, JsError> {
+        match (&self.identity, &self.group) {
+            (Some(i), _) => Ok(i.fingerprint()),
+            (None, Some(g)) => {
+                let (leaf, info) = (g.own_leaf(), g.epoch_info());
+                info.roster
+                    .into_iter()
+                    .find(|r| r.leaf == leaf)
+                    .map(|r| r.fingerprint)
+                    .ok_or_else(|| JsError::new("no own leaf"))
+            }
+            (None, None) => Err(JsError::new("no identity")),
+        }
+    }
+
     /// Creates the session's group (the teacher's client).
     pub fn create_group(&mut self, group_id: &[u8], external_sender: &[u8], now_ms: f64) -> Result<(), JsError> {
+        self.create_group_with(group_id, external_sender, "[]", now_ms)
+    }
+
+    /// Creates the session's group with other committers (`committers_json`: a JSON list of user ids, the TAs).
+    pub fn create_group_with(
+        &mut self,
+        group_id: &[u8],
+        external_sender: &[u8],
+        committers_json: &str,
+        now_ms: f64,
+    ) -> Result<(), JsError> {
+        let committers: Vec<String> = serde_json::from_str(committers_json).map_err(js)?;
         let ds = external_sender_from_bytes(external_sender).map_err(js)?;
         let identity = self.identity.take().ok_or_else(|| JsError::new("already in a group"))?;
-        let g =
-            SessionGroup::create(&self.provider, identity, group_id, ds, &[], GRACE_MS, now_ms as i64).map_err(js)?;
+        let g = SessionGroup::create(&self.provider, identity, group_id, ds, &committers, GRACE_MS, now_ms as i64)
+            .map_err(js)?;
         self.group = Some(g);
         Ok(())
+    }
+
+    /// Whether this member may commit membership changes.
+    pub fn is_committer(&mut self) -> Result<bool, JsError> {
+        Ok(self.group()?.is_committer())
+    }
+
+    /// Proposals waiting for a commit.
+    pub fn pending_proposals(&mut self) -> Result<u32, JsError> {
+        Ok(u32::try_from(self.group()?.pending_proposals()).unwrap_or(u32::MAX))
+    }
+
+    /// The delivery service accepted this member's pending commit: merge it; returns the new epoch's info as JSON.
+    pub fn confirm_commit(&mut self, now_ms: f64) -> Result<String, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let info = g.confirm_commit(provider, now_ms as i64).map_err(js)?;
+        serde_json::to_string(&info).map_err(js)
+    }
+
+    /// The delivery service refused this member's pending commit (another won the epoch): drop it.
+    pub fn discard_commit(&mut self) -> Result<(), JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        g.discard_commit(provider).map_err(js)
+    }
+
+    /// This member's leaf index.
+    pub fn own_leaf(&mut self) -> Result<u32, JsError> {
+        Ok(self.group()?.own_leaf())
+    }
+
+    /// The current epoch's SFrame base key, for the page's media worker ([`MediaKeys::install`]). Secret: it is
+    /// handed to the worker and nowhere else.
+    pub fn media_epoch_key(&mut self) -> Result<Vec<u8>, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_ref().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let (_, _, key) = g.media_epoch_key(provider).map_err(js)?;
+        Ok(key.to_vec())
     }
 
     /// Joins from a Welcome (the ratchet tree travels inside it).
@@ -134,6 +209,25 @@ impl Client {
         let provider = &self.provider;
         let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
         let out = g.commit_pending(provider).map_err(js)?;
+        self.welcome = out.welcome;
+        Ok(out.commit)
+    }
+
+    /// Removes members by leaf (committers only): returns the pending commit, to send and then confirm.
+    pub fn remove_leaves(&mut self, leaves: &[u32]) -> Result<Vec<u8>, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let out = g.remove(provider, leaves).map_err(js)?;
+        self.welcome = out.welcome;
+        Ok(out.commit)
+    }
+
+    /// Refreshes this member's leaf keys (post-compromise security, and a fresh epoch after a restore): returns the
+    /// pending commit, to send and then confirm or discard.
+    pub fn self_update(&mut self) -> Result<Vec<u8>, JsError> {
+        let provider = &self.provider;
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let out = g.self_update(provider).map_err(js)?;
         self.welcome = out.welcome;
         Ok(out.commit)
     }
@@ -191,5 +285,51 @@ impl Client {
     pub fn restore(state: &[u8]) -> Result<Client, JsError> {
         let (provider, group) = SessionGroup::from_state(state).map_err(js)?;
         Ok(Self { provider, identity: None, group: Some(group), welcome: None })
+    }
+}
+
+/// The media keys of one page, kept in its media worker: every epoch's base key as the group hands it over, sealing
+/// with this member's leaf and opening any member's frames (RFC 9605 keys, the same [`MediaKeyring`] as natively).
+#[wasm_bindgen]
+pub struct MediaKeys(MediaKeyring);
+
+#[wasm_bindgen]
+impl MediaKeys {
+    /// An empty keyring for the member at `own_leaf`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(own_leaf: u32) -> MediaKeys {
+        Self(MediaKeyring::new(KidLayout::default(), own_leaf, GRACE_MS))
+    }
+
+    /// Installs `epoch`'s base key (from [`Client::media_epoch_key`]) and sends under it from now on.
+    pub fn install(&mut self, epoch: u64, own_leaf: u32, base_key: &[u8], now_ms: f64) -> Result<(), JsError> {
+        self.install_receive(epoch, own_leaf, base_key, now_ms)?;
+        self.0.confirm_send_epoch(epoch).map_err(js)
+    }
+
+    /// Installs `epoch`'s base key for opening only: after a page restored its group, the send counters of the
+    /// epoch it was in are gone, so it must not seal under that epoch again (nonce reuse); it sends again from the
+    /// next epoch it installs with [`MediaKeys::install`].
+    pub fn install_receive(&mut self, epoch: u64, own_leaf: u32, base_key: &[u8], now_ms: f64) -> Result<(), JsError> {
+        let key: &[u8; BASE_KEY_LEN] =
+            base_key.try_into().map_err(|_| JsError::new(&format!("a base key is {BASE_KEY_LEN} bytes")))?;
+        self.0.set_own_leaf(own_leaf);
+        self.0.install_epoch(epoch, key, now_ms as i64);
+        Ok(())
+    }
+
+    /// Seals a frame of stream `context`.
+    pub fn seal(&mut self, context: u32, codec_name: &str, frame: &[u8]) -> Result<Vec<u8>, JsError> {
+        self.0.seal(u64::from(context), codec(codec_name)?, frame).map_err(js)
+    }
+
+    /// Opens a frame from any member.
+    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Vec<u8>, JsError> {
+        self.0.open(codec(codec_name)?, wire, now_ms as i64).map(|o| o.frame).map_err(js)
+    }
+
+    /// The epochs held, oldest first (JSON list).
+    pub fn epochs(&self) -> String {
+        serde_json::to_string(&self.0.epochs()).unwrap_or_else(|_| "[]".into())
     }
 }
