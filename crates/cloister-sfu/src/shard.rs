@@ -540,6 +540,7 @@ impl Shard {
                 let _ = reply.send(self.republish(peer, &offer, sources));
             }
             Command::Subscribe { peer, room, owner, reply } => {
+                let conn_of_new = owner.conn;
                 let rtc = match self.new_rtc(true) {
                     Ok(r) => r,
                     Err(e) => {
@@ -559,7 +560,13 @@ impl Shard {
                     let _ = reply.send(Err(e));
                     return;
                 }
+                // Every track of the room but this connection's own (a publisher does not get its media back).
                 let tracks: Vec<TrackId> = self.rooms.get(&room).map(|r| r.tracks.clone()).unwrap_or_default();
+                let own = |t: &TrackId| {
+                    let publisher = self.tracks.get(t).map(|t| t.publisher);
+                    publisher.and_then(|p| self.peers.get(&p)).is_some_and(|p| p.owner.conn == conn_of_new)
+                };
+                let tracks: Vec<TrackId> = tracks.into_iter().filter(|t| !own(t)).collect();
                 if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
                     for t in tracks {
                         sub.outs.push(new_out(&self.tracks, t));
@@ -751,6 +758,7 @@ impl Shard {
 
     fn media_added(&mut self, id: PeerId, mid: Mid, kind: MediaKind, rids: Vec<str0m::media::Rid>) {
         let Some(peer) = self.peers.get_mut(&id) else { return };
+        let conn = peer.owner.conn;
         let Role::Publisher(p) = &mut peer.role else { return };
         if p.tracks.contains_key(&mid) {
             return;
@@ -791,7 +799,11 @@ impl Shard {
             None => return,
         };
         for sid in subscribers {
-            if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&sid).map(|p| &mut p.role) {
+            let Some(p) = self.peers.get_mut(&sid) else { continue };
+            if p.owner.conn == conn {
+                continue; // the publisher's own subscribe connection
+            }
+            if let Role::Subscriber(sub) = &mut p.role {
                 sub.outs.push(new_out(&self.tracks, tid));
             }
             self.negotiate(sid, false);
