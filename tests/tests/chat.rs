@@ -6,6 +6,7 @@
 //! - bad input over the WebSocket gets stable codes and changes nothing for the others;
 //! - random canaries sent as chat, questions and display names appear in no database file, log, metric, nor in
 //!   the application-layer bytes the server received or sent (its `--capture-frames` test hook);
+//! - staff remove a member (a student cannot), who is then out of the group;
 //! - every epoch's key-custody record is in the audit log.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -386,6 +387,29 @@ async fn scenario(backend: Backend) {
         m.iter().all(|x| texts(x).iter().filter(|t| want.contains(t)).count() == want.len())
     })
     .await;
+
+    // Staff remove a member (`remove`): a student may not; the teacher may, from any of its connections; not itself
+    // (that is `leave`), and not twice.
+    let target = members.len() - 1;
+    let target_user = logins[target].user_id.clone();
+    let remove = |id: u64, user: &str| json!({"t": "remove", "id": id, "session": sid, "user": user}).to_string();
+    let mut student_ws = raw_ws(&api, &logins[1], "raw2").await;
+    assert_eq!(ask(&mut student_ws, &remove(1, &target_user)).await["code"], "forbidden", "a student removes no one");
+    drop(student_ws);
+    let mut teacher_ws = raw_ws(&api, &logins[0], "laptop2").await;
+    assert_eq!(ask(&mut teacher_ws, &remove(2, &logins[0].user_id)).await["code"], "bad_frame");
+    assert_eq!(ask(&mut teacher_ws, &remove(3, &target_user)).await["t"], "ok");
+    assert_eq!(ask(&mut teacher_ws, &remove(4, &target_user)).await["code"], "not_a_member", "already leaving");
+    drop(teacher_ws);
+    pump(&mut members, "the removed member out", 60, |m| m[target].removed).await;
+    if let Some(gone) = members.pop() {
+        gone.p.close().await;
+    }
+    pump(&mut members, "one roster without the removed member", 60, converged).await;
+    assert!(
+        members[0].epoch().unwrap().roster.iter().all(|r| r.user_id != target_user),
+        "the removed member is not in the roster"
+    );
 
     // The key-custody record of every epoch is in the audit log.
     let final_epoch = members[0].epoch().unwrap().epoch;

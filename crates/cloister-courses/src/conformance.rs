@@ -25,6 +25,7 @@ where
     free_enrollment_staff_and_sessions(&store, users).await;
     bad_input_is_refused_with_the_field(&store, users).await;
     catalog_searches_public_courses_and_pages(&store, users).await;
+    my_courses_are_those_taught_and_those_enrolled_in(&store, users).await;
     invitations_enroll_once_until_they_expire(&store, users).await;
     live_sessions_admit_learners_up_to_their_capacity(&store, users).await;
     every_change_is_stored_with_its_audit_entries_and_failures_with_none(&store, users, &audit).await;
@@ -292,6 +293,26 @@ async fn bad_input_is_refused_with_the_field(store: &Arc<dyn CourseStore>, users
         assert!(s.set_display_name(&t, "").await.is_err());
         assert!(s.create_org(&"o".repeat(MAX_NAME + 1), &t, T0).await.is_err());
     }
+}
+
+async fn my_courses_are_those_taught_and_those_enrolled_in(store: &Arc<dyn CourseStore>, users: &[UserId]) {
+    let s = svc(store);
+    let (t, learner) = (&users[1], &users[3]);
+    let (teaching0, enrolled0) = s.courses_of(t).await.unwrap();
+    let later = T0.plus_secs(2_000_000);
+    let a = s.create_course(None, &input("Mine A", 0, Visibility::Public), t, later).await.unwrap();
+    let b = s.create_course(None, &input("Mine B", 0, Visibility::Public), t, later.plus_secs(1)).await.unwrap();
+    let other = s.create_course(None, &input("Not mine", 0, Visibility::Public), learner, later).await.unwrap();
+    let rec = s.course(&other.id).await.unwrap();
+    assert!(s.enroll_free(&rec, t, later).await.unwrap());
+    let (teaching, enrolled) = s.courses_of(t).await.unwrap();
+    assert_eq!(teaching.len(), teaching0.len() + 2);
+    assert_eq!((teaching[0].id.clone(), teaching[1].id.clone()), (b.id.clone(), a.id.clone()), "newest first");
+    assert_eq!(enrolled.len(), enrolled0.len() + 1);
+    assert!(enrolled.iter().any(|c| c.id == other.id));
+    assert!(!enrolled.iter().any(|c| c.id == a.id), "teaching is not enrolling");
+    let (lt, le) = s.courses_of(learner).await.unwrap();
+    assert!(lt.iter().any(|c| c.id == other.id) && !le.iter().any(|c| c.id == a.id || c.id == b.id));
 }
 
 async fn catalog_searches_public_courses_and_pages(store: &Arc<dyn CourseStore>, users: &[UserId]) {

@@ -302,6 +302,11 @@ impl Courses {
         Ok(self.store.catalog(q.as_deref(), offset, per_page).await?)
     }
 
+    /// The courses `user` is staff of, and those it is enrolled in.
+    pub async fn courses_of(&self, user: &UserId) -> Result<(Vec<Course>, Vec<Course>), CourseError> {
+        Ok(self.store.courses_of(user).await?)
+    }
+
     /// Schedules a live session.
     pub async fn schedule_session(
         &self,

@@ -74,6 +74,8 @@ pub trait CourseStore: Send + Sync {
     /// Public courses whose title or description contains `query` (case-insensitive; all when `None`), newest
     /// first, `limit` from `offset`; and the total count of matches.
     async fn catalog(&self, query: Option<&str>, offset: u64, limit: u32) -> Result<(Vec<Course>, u64), StoreError>;
+    /// The courses `user` teaches or assists in (staff), and those it is enrolled in, each newest first.
+    async fn courses_of(&self, user: &UserId) -> Result<(Vec<Course>, Vec<Course>), StoreError>;
 
     /// Stores a live session.
     async fn insert_session(&self, session: &LiveSession) -> Result<(), StoreError>;
@@ -343,6 +345,18 @@ impl CourseStore for MemoryStore {
         let total = hits.len() as u64;
         let page = hits.into_iter().skip(offset as usize).take(limit as usize).cloned().collect();
         Ok((page, total))
+    }
+
+    async fn courses_of(&self, user: &UserId) -> Result<(Vec<Course>, Vec<Course>), StoreError> {
+        let i = self.lock()?;
+        let pick = |ids: Vec<&CourseId>| {
+            let mut v: Vec<Course> = ids.into_iter().filter_map(|id| i.courses.get(id)).cloned().collect();
+            v.sort_by(|a, b| b.created_at.0.cmp(&a.created_at.0).then_with(|| a.id.cmp(&b.id)));
+            v
+        };
+        let staff = pick(i.staff.keys().filter(|(_, u)| u == user).map(|(c, _)| c).collect());
+        let enrolled = pick(i.enrollments.keys().filter(|(_, u)| u == user).map(|(c, _)| c).collect());
+        Ok((staff, enrolled))
     }
 
     async fn insert_session(&self, session: &LiveSession) -> Result<(), StoreError> {

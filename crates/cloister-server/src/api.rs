@@ -4,7 +4,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::courses_api as c;
 use crate::metrics::{self, Metrics};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
-use axum::http::header::{self, HeaderValue};
+use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self as mw, Next};
@@ -514,6 +514,20 @@ async fn audit_consistency(
     }))
 }
 
+/// A file of the web client; API paths and other methods keep the API's JSON errors.
+async fn web_file(files: tower_http::services::ServeDir, req: Request) -> Response {
+    use tower::ServiceExt as _;
+    let api = req.uri().path().starts_with("/api/");
+    if api || !(req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD) {
+        return if api { not_found().await.into_response() } else { method_not_allowed().await.into_response() };
+    }
+    match files.oneshot(req).await {
+        Ok(resp) if resp.status() == axum::http::StatusCode::NOT_FOUND => not_found().await.into_response(),
+        Ok(resp) => resp.map(axum::body::Body::new),
+        Err(e) => match e {},
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
@@ -522,10 +536,14 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
 }
 
-/// Headers on every answer: nothing cached (answers carry tokens and codes), no sniffing, no referrer.
+/// Headers on every answer: nothing cached (answers carry tokens and codes), no sniffing, no referrer, the web
+/// client's content security policy (same-origin scripts, styles, workers and connections; no framing).
 async fn protective_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(cloister_web::CONTENT_SECURITY_POLICY));
+    h.insert(HeaderName::from_static("permissions-policy"), HeaderValue::from_static(cloister_web::PERMISSIONS_POLICY));
+    h.insert(HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -554,6 +572,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/api/v1/me", get(me)),
         ("DELETE", "/api/v1/me", delete(erase)),
         ("GET", "/api/v1/me/export", get(export)),
+        ("GET", "/api/v1/me/courses", get(c::my_courses)),
         ("PUT", "/api/v1/me/teacher-profile", put(c::put_teacher_profile)),
         ("POST", "/api/v1/orgs", post(c::create_org)),
         ("GET", "/api/v1/orgs/{org_id}", get(c::get_org)),
@@ -598,14 +617,25 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface (the API only).
 pub fn router(state: AppState) -> Router {
+    router_with_web(state, None)
+}
+
+/// The API and, outside `/api/`, the browser classroom's files from `web` (its `index.html` at `/`).
+pub fn router_with_web(state: AppState, web: Option<std::path::PathBuf>) -> Router {
     let mut router = Router::new();
     for (_, path, handler) in routes() {
         router = router.route(path, handler);
     }
+    let router = match web {
+        Some(dir) => {
+            let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
+            router.fallback(move |req: Request| web_file(files.clone(), req))
+        }
+        None => router.fallback(not_found),
+    };
     router
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(mw::from_fn(protective_headers))
         .layer(mw::from_fn_with_state(state.metrics.clone(), metrics::track))

@@ -184,6 +184,10 @@ pub struct ServeArgs {
     /// SFU shard threads (rooms are spread over them; default: the number of cores).
     #[arg(long, env = "CLOISTER_MEDIA_SHARDS")]
     pub media_shards: Option<usize>,
+    /// The browser classroom's build (`cargo xtask web` writes it). Default: the checkout's crates/cloister-web/dist
+    /// when it is built; without a build only the API is served.
+    #[arg(long, env = "CLOISTER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
     /// Do not start the SFU (chat, Q&A and the rest of the live session still work).
     #[arg(long, env = "CLOISTER_NO_MEDIA")]
     pub no_media: bool,

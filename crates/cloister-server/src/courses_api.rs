@@ -15,8 +15,8 @@ use cloister_courses::{
 use cloister_policy::{Action, Resource};
 use cloister_wire::{
     CatalogPage, CourseBody, CourseOut, EnrollmentOut, EnrollmentsOut, ErrorCode, InvitationOut, LiveSessionOut,
-    NewInvitation, NewLiveSession, NewOrg, NewSeatPack, OrgOut, ParticipationOut, RedeemSeat, RoleBody, SeatPackOut,
-    SeatPacks, TeacherProfileBody,
+    MyCourses, NewInvitation, NewLiveSession, NewOrg, NewSeatPack, OrgOut, ParticipationOut, RedeemSeat, RoleBody,
+    SeatPackOut, SeatPacks, SessionStaff, TeacherProfileBody,
 };
 use serde::de::DeserializeOwned;
 
@@ -101,6 +101,7 @@ fn session_out(s: &LiveSession) -> LiveSessionOut {
         starts_at: s.starts_at.to_rfc3339(),
         ends_at: s.ends_at.to_rfc3339(),
         capacity: s.capacity,
+        staff: None,
     }
 }
 
@@ -345,7 +346,9 @@ pub async fn get_session(
     let (s, c) = state.courses.session(&sid).await?;
     let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
     state.authorize(Some(&auth), Action::SessionRead, &resource).await?;
-    Ok(Json(session_out(&s)))
+    let ids = |v: &[UserId]| v.iter().map(ToString::to_string).collect();
+    let staff = SessionStaff { teachers: ids(&c.teachers), tas: ids(&c.tas) };
+    Ok(Json(LiveSessionOut { staff: Some(staff), ..session_out(&s) }))
 }
 
 /// `POST /api/v1/live-sessions/{session_id}/participants`: admission to a live session (Cedar `session.join`:
@@ -516,6 +519,19 @@ pub async fn catalog(
         out.push(course_out(&state, c).await?);
     }
     Ok(Json(CatalogPage { courses: out, total, page: q.page, per_page }))
+}
+
+/// `GET /api/v1/me/courses`: the caller's own courses (taught and enrolled); nothing of anyone else's.
+pub async fn my_courses(State(state): State<AppState>, Auth(auth): Auth) -> Result<Json<MyCourses>, ApiError> {
+    let (staff, enrolled) = state.courses.courses_of(&auth.user_id).await?;
+    let (mut teaching, mut learning) = (Vec::with_capacity(staff.len()), Vec::with_capacity(enrolled.len()));
+    for c in &staff {
+        teaching.push(course_out(&state, c).await?);
+    }
+    for c in &enrolled {
+        learning.push(course_out(&state, c).await?);
+    }
+    Ok(Json(MyCourses { teaching, enrolled: learning }))
 }
 
 /// `PUT /api/v1/me/teacher-profile`: the public display name shown in the catalog.

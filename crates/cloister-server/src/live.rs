@@ -19,6 +19,7 @@ use crate::api::{ApiError, ApiQuery, AppState};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use cloister_accounts::UserId;
 use cloister_audit::{AuditEvent, Evidence};
 use cloister_courses::SessionId;
 use cloister_ds::{DeliveryService, Device, DsError, Entry, GroupLog, Kind, Limits, Sender, StoredKeyPackage};
@@ -608,7 +609,9 @@ impl LiveHub {
     /// The checks that need the database (the session, Cedar, admission), before the core sees the request.
     async fn check(&self, state: &AppState, user: &str, frame: ClientFrame) -> Checked {
         let (id, session) = match &frame {
-            ClientFrame::Create { id, session } | ClientFrame::Join { id, session } => (*id, session.clone()),
+            ClientFrame::Create { id, session }
+            | ClientFrame::Join { id, session }
+            | ClientFrame::Remove { id, session, .. } => (*id, session.clone()),
             ClientFrame::Subscribe { session, .. }
             | ClientFrame::Send { session, .. }
             | ClientFrame::Custody { session, .. }
@@ -623,8 +626,11 @@ impl LiveHub {
         let unknown = || Checked::Refused(refused(Some(id), "unknown_session", "no such live session"));
         let Some(sid) = SessionId::parse(&session) else { return unknown() };
         let Ok((s, c)) = state.courses.session(&sid).await else { return unknown() };
-        let action =
-            if matches!(frame, ClientFrame::Create { .. }) { Action::SessionModerate } else { Action::SessionJoin };
+        let action = if matches!(frame, ClientFrame::Create { .. } | ClientFrame::Remove { .. }) {
+            Action::SessionModerate
+        } else {
+            Action::SessionJoin
+        };
         let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
         let principal = match state.principal_of(user).await {
             Ok(p) => p,
@@ -668,6 +674,7 @@ impl LiveHub {
         }
         let now = now_ms();
         let mut batch = Batch::default();
+        let mut kicked: Option<UserId> = None;
         let answer = match frame {
             ClientFrame::KeyPackages { id, key_packages } => {
                 let max = core.ds.directory().limits().max_batch;
@@ -818,10 +825,46 @@ impl LiveHub {
                 Ok(seq) => ServerFrame::Ok { id, seq: Some(seq), epoch: None, held: None, live: None },
                 Err(e) => return Some(ds_refused(id, &e)),
             },
+            ClientFrame::Remove { id, user, .. } => {
+                if user == dev.0 {
+                    return Some(refused(Some(id), "bad_frame", "to leave, send leave"));
+                }
+                let Some(g) = core.ds.group(&gid) else { return Some(ds_refused(id, &DsError::UnknownGroup)) };
+                let pending: BTreeSet<Device> = g.leaving().cloned().collect();
+                let targets: Vec<Device> =
+                    g.members().iter().filter(|d| d.0 == user && !pending.contains(*d)).cloned().collect();
+                if targets.is_empty() {
+                    return Some(refused(Some(id), "not_a_member", "that user has no device in the session's group"));
+                }
+                let mut last = 0;
+                for d in &targets {
+                    match Self::propose_remove(core, &gid, d, &mut batch) {
+                        Ok(seq) => last = seq,
+                        Err(e) => {
+                            // Proposals already made stay in the log (each is whole); report what failed.
+                            batch.effects.insert(0, Effect::Reply { conn, frame: ds_refused(id, &e) });
+                            let _ = core.writes.send(batch);
+                            return None;
+                        }
+                    }
+                }
+                kicked = UserId::parse(&user);
+                ServerFrame::Ok { id, seq: Some(last), epoch: None, held: None, live: None }
+            }
         };
         // Answer once stored: the reply goes first, then the entries in log order.
         batch.effects.insert(0, Effect::Reply { conn, frame: answer });
         let _ = core.writes.send(batch);
+        if let (Some(user), Some(sid)) = (kicked, std::str::from_utf8(&gid).ok().and_then(SessionId::parse)) {
+            // The removed member's seat is freed; rejoining needs a new admission. A failure here leaves only a
+            // seat taken, never a member in the group.
+            let courses = state.courses.clone();
+            tokio::spawn(async move {
+                if let Err(e) = courses.leave_session(&sid, &user).await {
+                    tracing::warn!(error = %e, "could not free a removed member's seat");
+                }
+            });
+        }
         None
     }
 

@@ -159,7 +159,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         live: live.clone(),
         live_limits,
     };
-    let app = api::router(state.clone());
+    let web = match &args.web_dir {
+        Some(dir) if cloister_web::is_built(dir) => Some(dir.clone()),
+        Some(dir) => anyhow::bail!("--web-dir {} holds no index.html (build it: cargo xtask web)", dir.display()),
+        None => Some(cloister_web::default_dist()).filter(|d| cloister_web::is_built(d)),
+    };
+    match &web {
+        Some(dir) => tracing::info!(dir = %dir.display(), "serving the web client"),
+        None => tracing::warn!("the web client is not built (cargo xtask web); serving the API only"),
+    }
+    let app = api::router_with_web(state.clone(), web);
 
     let tls = match &config.tls {
         TlsMode::Plain => None,

@@ -349,6 +349,24 @@ macro_rules! sql_course_store {
                 Ok((courses, u64::try_from(total).unwrap_or(0)))
             }
 
+            async fn courses_of(&self, user: &UserId) -> Result<(Vec<Course>, Vec<Course>), StoreError> {
+                let mut out = Vec::with_capacity(2);
+                for table in ["course_staff", "enrollments"] {
+                    let rows: Vec<CourseRow> = sqlx::query_as(&format!(
+                        "{COURSE_COLUMNS} WHERE id IN (SELECT course_id FROM {table} WHERE user_id = $1) \
+                         ORDER BY created_at DESC, id"
+                    ))
+                    .bind(user.as_str())
+                    .fetch_all(&self.0)
+                    .await
+                    .map_err(backend)?;
+                    out.push(rows.into_iter().map(course_from_row).collect::<Result<Vec<_>, _>>()?);
+                }
+                let enrolled = out.pop().unwrap_or_default();
+                let staff = out.pop().unwrap_or_default();
+                Ok((staff, enrolled))
+            }
+
             async fn insert_session(&self, s: &LiveSession) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO live_sessions (id, course_id, starts_at, ends_at, capacity) VALUES ($1, $2, $3, $4, $5)",

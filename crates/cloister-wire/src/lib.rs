@@ -476,6 +476,16 @@ pub struct CatalogPage {
     pub per_page: u32,
 }
 
+/// `GET /api/v1/me/courses`: the caller's courses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyCourses {
+    /// Courses the caller teaches or assists in, newest first.
+    pub teaching: Vec<CourseOut>,
+    /// Courses the caller is enrolled in, newest first.
+    pub enrolled: Vec<CourseOut>,
+}
+
 /// `POST /api/v1/courses/{id}/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -501,6 +511,20 @@ pub struct LiveSessionOut {
     pub ends_at: String,
     /// Most participants.
     pub capacity: u32,
+    /// Only from `GET /api/v1/live-sessions/{id}` (its members and reviewers): the pseudonymous user ids of the
+    /// course's staff, so the room can tell who teaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff: Option<SessionStaff>,
+}
+
+/// The staff of a live session's course, by pseudonymous user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStaff {
+    /// Teachers.
+    pub teachers: Vec<String>,
+    /// Teaching assistants.
+    pub tas: Vec<String>,
 }
 
 /// `POST /api/v1/ws-tickets`: what opens the WebSocket once. Never logged.

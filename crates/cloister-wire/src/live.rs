@@ -130,6 +130,17 @@ pub enum ClientFrame {
         /// Live session id.
         session: String,
     },
+    /// Staff only (the course's teachers and TAs): remove every device of `user` from the session's group. The
+    /// service proposes their Removes (the committer commits them, so they hold no key of the next epoch), their
+    /// media connections close, and their seat in the session is freed.
+    Remove {
+        /// Request id.
+        id: u64,
+        /// Live session id.
+        session: String,
+        /// The member's user id.
+        user: String,
+    },
     /// Open a publish connection to the SFU (camera, microphone, screen): an SDP offer of sending m-lines.
     /// Answered by `media_answer`. Only the session's staff and members put on stage may publish.
     MediaPublish {
