@@ -1,0 +1,405 @@
+// Live media through the blind SFU: one publish connection (microphone, camera in three simulcast layers, screen)
+// and one subscribe connection per device. Every encoded frame is sealed or opened in the media worker
+// (RTCRtpScriptTransform, or createEncodedStreams where that is missing); the SFU sees only SFrame ciphertext.
+import type { FromWorker, ReceiveOptions, ReceiverStats, SendOptions, ToWorker } from "./e2ee-worker";
+import type { MediaSource, MediaTrack, ServerFrame, Unsent } from "./wire";
+
+export type Source = "mic" | "camera" | "screen";
+
+/** SFrame contexts of this device's streams (the native client uses 0 for the microphone, 1.. for camera layers). */
+const CONTEXT: Record<Source, number> = { mic: 0, camera: 8, screen: 12 };
+
+/** The camera's simulcast layers, low to high, as the SFU names them (q, h, f). */
+const LAYERS: RTCRtpEncodingParameters[] = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_200_000 },
+];
+
+export interface Remote {
+  mid: string;
+  device: string;
+  source: string;
+  track: MediaStreamTrack;
+  receiver: RTCRtpReceiver;
+}
+
+export interface MediaEvents {
+  signal(f: Unsent): number;
+  remote(r: Remote): void;
+  remoteGone(mid: string): void;
+  stats(receivers: ReceiverStats[], sealed: number, unsealed: number): void;
+  error(message: string): void;
+}
+
+type LegacySender = RTCRtpSender & { createEncodedStreams?: () => { readable: ReadableStream; writable: WritableStream } };
+type LegacyReceiver = RTCRtpReceiver & { createEncodedStreams?: () => { readable: ReadableStream; writable: WritableStream } };
+
+const scriptTransform = typeof (globalThis as { RTCRtpScriptTransform?: unknown }).RTCRtpScriptTransform === "function";
+
+function gathered(pc: RTCPeerConnection): Promise<void> {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 3000);
+  });
+}
+
+function preferVp8(t: RTCRtpTransceiver): void {
+  const caps = RTCRtpSender.getCapabilities("video");
+  if (caps === null || typeof t.setCodecPreferences !== "function") return;
+  const vp8 = caps.codecs.filter((c) => /vp8|rtx/i.test(c.mimeType));
+  if (vp8.length > 0) t.setCodecPreferences(vp8);
+}
+
+export class Media {
+  readonly worker: Worker;
+  private pub: RTCPeerConnection | null = null;
+  private pubPeer: number | null = null;
+  private pubRequest: number | null = null;
+  private senders = new Map<Source, RTCRtpSender>();
+  private tracks = new Map<Source, MediaStreamTrack>();
+  private sub: RTCPeerConnection | null = null;
+  private subPeer: number | null = null;
+  private subRequest: number | null = null;
+  private trackInfo = new Map<string, MediaTrack>();
+  private remotes = new Map<string, Remote>();
+  private prefs = { maxLayer: 2, video: true };
+  private publishing = false;
+
+  constructor(
+    readonly session: string,
+    private readonly on: MediaEvents,
+  ) {
+    this.worker = new Worker(new URL("./e2ee-worker.ts", import.meta.url), { type: "module", name: "cloister-e2ee" });
+    this.worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+      if (ev.data.t === "stats") this.on.stats(ev.data.receivers, ev.data.sealed, ev.data.unsealed);
+    };
+  }
+
+  post(m: ToWorker, transfer: Transferable[] = []): void {
+    this.worker.postMessage(m, transfer);
+  }
+
+  private sealWith(sender: RTCRtpSender, o: SendOptions): void {
+    if (scriptTransform) {
+      sender.transform = new RTCRtpScriptTransform(this.worker, o);
+    } else {
+      const s = (sender as LegacySender).createEncodedStreams?.();
+      if (s === undefined) throw new Error("this browser cannot encrypt media end to end");
+      this.post({ t: "streams", options: o, readable: s.readable, writable: s.writable }, [s.readable, s.writable]);
+    }
+  }
+
+  private openWith(receiver: RTCRtpReceiver, o: ReceiveOptions): void {
+    if (scriptTransform) {
+      receiver.transform = new RTCRtpScriptTransform(this.worker, o);
+    } else {
+      const s = (receiver as LegacyReceiver).createEncodedStreams?.();
+      if (s === undefined) throw new Error("this browser cannot decrypt media end to end");
+      this.post({ t: "streams", options: o, readable: s.readable, writable: s.writable }, [s.readable, s.writable]);
+    }
+  }
+
+  private newPc(): RTCPeerConnection {
+    const legacy = !scriptTransform;
+    const config: RTCConfiguration & { encodedInsertableStreams?: boolean } = {
+      bundlePolicy: "max-bundle",
+      rtcpMuxPolicy: "require",
+      iceServers: [],
+    };
+    if (legacy) config.encodedInsertableStreams = true;
+    return new RTCPeerConnection(config);
+  }
+
+  /** Starts publishing: microphone, camera (simulcast) and a screen slot, each sealed in the worker. */
+  async publish(devices: { camera: boolean; mic: boolean }): Promise<void> {
+    if (this.publishing) return;
+    this.publishing = true;
+    const pc = this.newPc();
+    this.pub = pc;
+    const sources: MediaSource[] = [];
+    const add = (source: Source, kind: "audio" | "video", encodings?: RTCRtpEncodingParameters[]) => {
+      const init: RTCRtpTransceiverInit = { direction: "sendonly" };
+      if (encodings !== undefined) init.sendEncodings = encodings;
+      const t = pc.addTransceiver(kind, init);
+      if (kind === "video") preferVp8(t);
+      this.senders.set(source, t.sender);
+      this.sealWith(t.sender, { op: "seal", codec: kind === "audio" ? "opus" : "vp8", context: CONTEXT[source], kind, source });
+      return t;
+    };
+    const tMic = add("mic", "audio");
+    const tCam = add("camera", "video", LAYERS);
+    const tScreen = add("screen", "video");
+    await this.setTrack("mic", devices.mic);
+    await this.setTrack("camera", devices.camera);
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    await gathered(pc);
+    for (const [t, source] of [
+      [tMic, "mic"],
+      [tCam, "camera"],
+      [tScreen, "screen"],
+    ] as const) {
+      if (t.mid !== null) sources.push({ mid: t.mid, source });
+    }
+    const sdp = pc.localDescription?.sdp ?? "";
+    this.pubRequest = this.on.signal({ t: "media_publish", session: this.session, sdp, sources });
+  }
+
+  /** Turns a source on or off (off stops the device: its light goes out). */
+  async setTrack(source: Source, on: boolean): Promise<boolean> {
+    const sender = this.senders.get(source);
+    const old = this.tracks.get(source);
+    if (!on) {
+      old?.stop();
+      this.tracks.delete(source);
+      await sender?.replaceTrack(null);
+      return false;
+    }
+    if (old !== undefined && old.readyState === "live") return true;
+    let track: MediaStreamTrack | undefined;
+    try {
+      if (source === "screen") {
+        const s = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
+        track = s.getVideoTracks()[0];
+      } else if (source === "camera") {
+        const s = await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720, frameRate: 30 } });
+        track = s.getVideoTracks()[0];
+      } else {
+        const s = await navigator.mediaDevices.getUserMedia({ audio: true });
+        track = s.getAudioTracks()[0];
+      }
+    } catch (e) {
+      this.on.error(`${source}: ${e instanceof Error ? e.message : String(e)}`);
+      return false;
+    }
+    if (track === undefined) return false;
+    if (source === "screen") track.contentHint = "detail";
+    track.addEventListener("ended", () => {
+      if (this.tracks.get(source) === track) {
+        this.tracks.delete(source);
+        void sender?.replaceTrack(null);
+      }
+    });
+    this.tracks.set(source, track);
+    await sender?.replaceTrack(track);
+    return true;
+  }
+
+  localTrack(source: Source): MediaStreamTrack | undefined {
+    return this.tracks.get(source);
+  }
+
+  isPublishing(): boolean {
+    return this.publishing;
+  }
+
+  /** Stops publishing (taken off stage). */
+  unpublish(): void {
+    for (const t of this.tracks.values()) t.stop();
+    this.tracks.clear();
+    this.senders.clear();
+    if (this.pubPeer !== null) this.on.signal({ t: "media_close", peer: this.pubPeer });
+    this.pub?.close();
+    this.pub = null;
+    this.pubPeer = null;
+    this.publishing = false;
+  }
+
+  subscribe(): void {
+    if (this.sub !== null) return;
+    const pc = this.newPc();
+    this.sub = pc;
+    pc.ontrack = (ev) => {
+      const mid = ev.transceiver.mid ?? "";
+      const info = this.trackInfo.get(mid);
+      const codec = ev.track.kind === "audio" ? "opus" : "vp8";
+      this.openWith(ev.receiver, {
+        op: "open",
+        codec,
+        device: info?.device ?? "",
+        source: info?.source ?? ev.track.kind,
+        key: mid,
+      });
+      const r: Remote = {
+        mid,
+        device: info?.device ?? "",
+        source: info?.source ?? ev.track.kind,
+        track: ev.track,
+        receiver: ev.receiver,
+      };
+      this.remotes.set(mid, r);
+      this.on.remote(r);
+    };
+    this.subRequest = this.on.signal({ t: "media_subscribe", session: this.session });
+  }
+
+  /** Highest simulcast layer wanted and whether video is wanted at all (audio-only mode). */
+  setPrefs(maxLayer: number, video: boolean): void {
+    this.prefs = { maxLayer, video };
+    if (this.subPeer !== null) this.on.signal({ t: "media_prefs", peer: this.subPeer, max_layer: maxLayer, video });
+  }
+
+  remote(mid: string): Remote | undefined {
+    return this.remotes.get(mid);
+  }
+
+  /** The server's media frames. */
+  async onSignal(f: ServerFrame): Promise<void> {
+    try {
+      await this.signal(f);
+    } catch (e) {
+      this.on.error(e instanceof Error ? e.message : String(e));
+    }
+  }
+
+  private async signal(f: ServerFrame): Promise<void> {
+    switch (f.t) {
+      case "media_answer":
+        if (f.id === this.pubRequest && this.pub !== null) {
+          this.pubPeer = f.peer;
+          await this.pub.setRemoteDescription({ type: "answer", sdp: f.sdp });
+        }
+        return;
+      case "media_opened":
+        if (f.id === this.subRequest) {
+          this.subPeer = f.peer;
+          if (this.prefs.maxLayer !== 2 || !this.prefs.video) this.setPrefs(this.prefs.maxLayer, this.prefs.video);
+        }
+        return;
+      case "media_offer": {
+        if (this.sub === null || f.peer !== this.subPeer) return;
+        for (const t of f.tracks) this.trackInfo.set(t.mid, t);
+        try {
+          await this.sub.setRemoteDescription({ type: "offer", sdp: f.sdp });
+        } catch {
+          // An offer this connection cannot take (the SFU stops every m-line when the last publisher goes, and a
+          // bundled connection has no transport left): start a new subscription, which gets the room as it is.
+          this.on.signal({ t: "media_close", peer: f.peer });
+          this.resetSubscribe();
+          this.subscribe();
+          return;
+        }
+        const answer = await this.sub.createAnswer();
+        await this.sub.setLocalDescription(answer);
+        await gathered(this.sub);
+        this.on.signal({ t: "media_answer", peer: f.peer, sdp: this.sub.localDescription?.sdp ?? "" });
+        for (const mid of [...this.remotes.keys()]) {
+          if (!f.tracks.some((t) => t.mid === mid)) {
+            this.remotes.delete(mid);
+            this.on.remoteGone(mid);
+          }
+        }
+        return;
+      }
+      case "media_closed":
+        if (f.peer === this.subPeer) this.resetSubscribe();
+        if (f.peer === this.pubPeer) {
+          const was = this.publishing;
+          this.unpublish();
+          if (was && f.code !== "off_stage" && f.code !== "not_a_member") this.on.error(`publishing stopped: ${f.code}`);
+        }
+        return;
+      case "error":
+        if (f.id === this.pubRequest) {
+          this.on.error(`publishing refused: ${f.message}`);
+          this.unpublish();
+        } else if (f.id === this.subRequest) {
+          this.on.error(`receiving refused: ${f.message}`);
+          this.resetSubscribe();
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  private resetSubscribe(): void {
+    this.sub?.close();
+    this.sub = null;
+    this.subPeer = null;
+    for (const mid of this.remotes.keys()) this.on.remoteGone(mid);
+    this.remotes.clear();
+  }
+
+  /** After the WebSocket came back: the server closed this connection's media; make it again. */
+  async reconnect(): Promise<void> {
+    const wasPublishing = this.publishing;
+    this.resetSubscribe();
+    if (wasPublishing) {
+      this.pub?.close();
+      this.pub = null;
+      this.pubPeer = null;
+      this.publishing = false;
+      this.senders.clear();
+      const keep = new Map(this.tracks);
+      this.tracks.clear();
+      await this.publish({ camera: false, mic: false });
+      for (const [source, track] of keep) {
+        if (track.readyState === "live") {
+          this.tracks.set(source, track);
+          await this.senders.get(source)?.replaceTrack(track);
+        }
+      }
+    }
+    this.subscribe();
+  }
+
+  /** Connection states, for the tests and the curious. */
+  states(): { publish: string | null; publishPeer: number | null; subscribe: string | null; subscribePeer: number | null } {
+    return {
+      publish: this.pub?.connectionState ?? null,
+      publishPeer: this.pubPeer,
+      subscribe: this.sub?.connectionState ?? null,
+      subscribePeer: this.subPeer,
+    };
+  }
+
+  /** The camera's encoded layers (outbound-rtp by rid, from getStats): what simulcast sends. */
+  async outbound(): Promise<{ rid: string; framesEncoded: number; width: number }[]> {
+    if (this.pub === null) return [];
+    const out: { rid: string; framesEncoded: number; width: number }[] = [];
+    const stats = await this.pub.getStats();
+    stats.forEach((s: { type: string; kind?: string; rid?: string; framesEncoded?: number; frameWidth?: number }) => {
+      if (s.type === "outbound-rtp" && s.kind === "video" && s.rid !== undefined) {
+        out.push({ rid: s.rid, framesEncoded: s.framesEncoded ?? 0, width: s.frameWidth ?? 0 });
+      }
+    });
+    return out.sort((a, b) => a.width - b.width);
+  }
+
+  /** Audio packets received so far (all inbound audio), from getStats. */
+  async audioPackets(): Promise<number> {
+    if (this.sub === null) return 0;
+    let n = 0;
+    const stats = await this.sub.getStats();
+    stats.forEach((s: { type: string; kind?: string; packetsReceived?: number }) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") n += s.packetsReceived ?? 0;
+    });
+    return n;
+  }
+
+  /** framesDecoded of each received video track (from getStats), by mid. */
+  async decoded(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    if (this.sub === null) return out;
+    const stats = await this.sub.getStats();
+    stats.forEach((s: { type: string; kind?: string; mid?: string; framesDecoded?: number }) => {
+      if (s.type === "inbound-rtp" && s.kind === "video" && s.mid !== undefined) out[s.mid] = s.framesDecoded ?? 0;
+    });
+    return out;
+  }
+
+  close(): void {
+    this.unpublish();
+    this.resetSubscribe();
+    this.worker.terminate();
+  }
+}

@@ -1,0 +1,83 @@
+// First-frame benchmark: the time from a student opening the session URL to the first decrypted, decoded frame of
+// the teacher's camera, with 10 students already in the room, on loopback.
+//
+// A browser teacher publishes (camera in three simulcast layers, microphone); 10 native students (cloister-client,
+// webrtc-rs) join and watch first; then a browser student, signed in and enrolled, opens the session URL in a new
+// page, ROUNDS times. The clock starts at the page's navigation start (performance.timeOrigin) and stops at the
+// first requestVideoFrameCallback of the teacher's camera, whose frames pass through the decrypting transform.
+// Prints one JSON object: per-round step times and the median and max. Usage:
+//   node bench/first-frame.mjs [--rounds 7] [--students 10]     (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release builds)
+import { spawn } from "node:child_process";
+import { clientBin, debug, launch, person, signUp, startServer, teacherStartsSession, uniqueEmail, until } from "../tests/lib.mjs";
+
+const arg = (name, dflt) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
+const ROUNDS = arg("--rounds", 7);
+const STUDENTS = arg("--students", 10);
+
+const server = await startServer();
+const browser = await launch();
+const children = [];
+const run = (email, args, keep = false) =>
+  new Promise((ok, fail) => {
+    const c = spawn(clientBin(), ["--server", server.url, "--email", email, ...args], {
+      env: { ...process.env, CLOISTER_PASSWORD: "bench password 123" },
+      stdio: [keep ? "pipe" : "ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    c.stdout.on("data", (d) => (out += d));
+    if (keep) {
+      children.push(c);
+      ok({ c, out: () => out });
+    } else c.on("exit", (code) => (code === 0 ? ok(out) : fail(new Error(`cloister-client ${args[0]}: ${code} ${out}`))));
+  });
+
+try {
+  const t = await person(browser, server.url);
+  await signUp(t.page, "bench-teacher");
+  const { course, session } = await teacherStartsSession(t.page, `First frame ${Date.now()}`);
+
+  const watchers = [];
+  for (let i = 0; i < STUDENTS; i++) {
+    const email = uniqueEmail(`bench-native-${i}`);
+    await run(email, ["signup"]);
+    await run(email, ["enroll", course]);
+    watchers.push(await run(email, ["join", session, "--device", `native${i}`, "--watch", "--stats-every", "1"], true));
+  }
+  await until(`${STUDENTS} native students open the teacher's video`, async () =>
+    watchers.every((w) => {
+      const l = w.out().trim().split("\n").reverse().find((x) => x.startsWith("media-stats "));
+      return l !== undefined && JSON.parse(l.slice(12)).video_opened > 0;
+    }), 120_000);
+
+  const s = await person(browser, server.url);
+  await signUp(s.page, "bench-student");
+  await s.page.goto(`/#/course/${course}`);
+  await s.page.getByRole("button", { name: /Enroll/ }).click();
+  await s.page.getByText("You are enrolled.").waitFor();
+  await s.page.close();
+
+  const rounds = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const page = await s.ctx.newPage();
+    await page.goto(`${server.url}/#/live/${session}`);
+    const marks = await until("the first decoded teacher frame", async () => {
+      const m = await debug(page, "marks");
+      return m?.first_frame_teacher_camera !== undefined ? m : null;
+    }, 30_000, 20);
+    rounds.push(marks);
+    await page.close();
+    await new Promise((ok) => setTimeout(ok, 1500));
+  }
+  const firsts = rounds.map((m) => m.first_frame_teacher_camera).sort((a, b) => a - b);
+  const median = firsts[Math.floor(firsts.length / 2)];
+  console.log(JSON.stringify({ students_in_room: STUDENTS, rounds, first_frame_ms: { median, max: firsts.at(-1), min: firsts[0] } }, null, 1));
+} finally {
+  for (const c of children) c.stdin?.end("/quit\n");
+  await new Promise((ok) => setTimeout(ok, 500));
+  for (const c of children) c.kill("SIGTERM");
+  await browser.close();
+  await server.stop();
+}

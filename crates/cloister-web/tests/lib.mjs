@@ -1,0 +1,150 @@
+// Test tooling: the real `cloister` binary on a free port serving the built web client, and Debian's Chromium
+// driven by playwright-core with fake camera, microphone and screen.
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const webRoot = resolve(here, "..");
+export const repoRoot = resolve(webRoot, "../..");
+export const artifacts = join(webRoot, "test-artifacts");
+mkdirSync(artifacts, { recursive: true });
+
+function bin(name, env) {
+  if (process.env[env]) return resolve(process.env[env]);
+  const target = process.env.CARGO_TARGET_DIR ? resolve(repoRoot, process.env.CARGO_TARGET_DIR) : join(repoRoot, "target");
+  return join(target, "debug", name);
+}
+
+export const cloisterBin = () => bin("cloister", "CLOISTER_BIN");
+export const clientBin = () => bin("cloister-client", "CLOISTER_CLIENT_BIN");
+
+/** Starts `cloister serve` on loopback with plain HTTP and a fresh data dir; resolves to { url, stop, log }. */
+export async function startServer(extra = []) {
+  const dir = mkdtempSync(join(tmpdir(), "cloister-web-test-"));
+  const args = ["serve", "--plain-http", "--listen", "127.0.0.1:0", "--data-dir", dir, "--web-dir", join(webRoot, "dist"), ...extra];
+  const child = spawn(cloisterBin(), args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const url = await new Promise((ok, fail) => {
+    let out = "";
+    const t = setTimeout(() => fail(new Error("the server did not start in 30 s:\n" + out + log)), 30_000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      const m = /listening on (http:\/\/\S+)/.exec(out);
+      if (m) {
+        clearTimeout(t);
+        ok(m[1]);
+      }
+    });
+    child.on("exit", (code) => fail(new Error(`the server exited (${code}):\n${out}${log}`)));
+  });
+  return {
+    url,
+    dir,
+    log: () => log,
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export const chromiumArgs = [
+  "--no-sandbox",
+  "--headless=new",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+  "--auto-accept-this-tab-capture",
+  "--autoplay-policy=no-user-gesture-required",
+  "--allow-loopback-in-peer-connection",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--disable-renderer-backgrounding",
+  "--disable-background-timer-throttling",
+  "--disable-backgrounding-occluded-windows",
+];
+
+export async function launch() {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: chromiumArgs, headless: true });
+}
+
+/** A fresh browser context (its own storage: one person) with camera and microphone allowed. */
+export async function person(browser, url, viewport = { width: 1280, height: 800 }) {
+  const ctx = await browser.newContext({ viewport, baseURL: url, permissions: ["camera", "microphone", "clipboard-read", "clipboard-write"] });
+  const page = await ctx.newPage();
+  page.on("pageerror", (e) => console.error("[page error]", e.message));
+  page.on("console", (m) => {
+    if (m.type() === "error") console.error("[console]", m.text());
+  });
+  return { ctx, page };
+}
+
+let counter = 0;
+export function uniqueEmail(tag) {
+  counter += 1;
+  return `${tag}-${process.pid}-${counter}-${Date.now()}@example.test`;
+}
+
+/** Signs up through the pages (recovery code shown once), then lands on the courses page. */
+export async function signUp(page, tag) {
+  const email = uniqueEmail(tag);
+  const password = "correct horse battery " + tag;
+  await page.goto("/#/signup");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel(/^Password/).fill(password);
+  await page.getByRole("button", { name: "Sign up" }).click();
+  const code = await page.locator("#recovery-code").textContent({ timeout: 30_000 });
+  await page.getByRole("link", { name: /continue/ }).click();
+  await page.getByRole("heading", { name: "Courses", exact: true }).waitFor();
+  return { email, password, code };
+}
+
+/** Polls `fn` until it returns a truthy value; fails with `what` after `ms`. */
+export async function until(what, fn, ms = 30_000, every = 250) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${JSON.stringify(last?.message ?? last)})`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}
+
+export const decoded = (page) => page.evaluate(() => window.cloisterDebug?.decoded() ?? {});
+export const debug = (page, what) => page.evaluate((w) => window.cloisterDebug?.[w]?.() ?? null, what);
+
+/** On the courses page: the teacher creates a free course, schedules a session now and opens its live room. */
+export async function teacherStartsSession(page, title) {
+  await page.getByLabel("Title").fill(title);
+  await page.getByRole("button", { name: "Create course" }).click();
+  await page.getByRole("heading", { name: title }).waitFor();
+  const course = /#\/course\/(\S+)/.exec(page.url())[1];
+  await page.getByRole("button", { name: "Schedule" }).click();
+  await page.getByRole("link", { name: "Start the live room" }).click();
+  await until("the teacher's room is live", async () => (await debug(page, "status")) === "live");
+  const session = /#\/live\/(\S+)/.exec(page.url())[1];
+  return { course, session };
+}
+
+/** A signed-in student enrolls on the course page and joins its live session. */
+export async function studentJoins(page, course) {
+  await page.goto(`/#/course/${course}`);
+  await page.getByRole("button", { name: /Enroll/ }).click();
+  await page.getByText("You are enrolled.").waitFor();
+  await page.getByRole("link", { name: "Join live" }).click();
+}
