@@ -3,14 +3,18 @@
 //! - `cargo xtask run [SERVE FLAGS]`: build and start `cloister serve` on the embedded database.
 //! - `cargo xtask test`: install test prerequisites (PostgreSQL), then fmt, clippy, docs and every test.
 //! - `cargo xtask wasm`: build the browser's e2ee module (wasm-bindgen, size budget).
+//! - `cargo xtask web [test]`: build the browser classroom (wasm core, npm packages, Vite) [and run its browser
+//!   tests in Debian's Chromium].
 //! - `cargo xtask fuzz [--seconds N] [TARGET ...]`: the e2ee core's fuzz targets (cargo-fuzz), N seconds each.
 //! - `cargo xtask bench`: account benchmarks (argon2id, logins/s, `GET /api/v1/me` latency); see BENCHMARKS.md.
 //! - `cargo xtask bench sfu [--quick]`: the SFU load benchmark beside Janus's videoroom; see BENCHMARKS.md.
+//! - `cargo xtask bench web [--rounds N]`: time from opening the session URL to the first decoded teacher frame.
 
 mod bench;
 mod bench_sfu;
 mod fuzz;
 mod wasm;
+mod web;
 
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
@@ -100,18 +104,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         run(cargo().args(["doc", "--workspace", "--no-deps", "--locked"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     }
     // The system tests start the real binary; build it first so they do not race to build it themselves.
-    run(cargo().args([
-        "build",
-        "--locked",
-        "-p",
-        "cloister-server",
-        "--bin",
-        "cloister",
-        "-p",
-        "cloister-client",
-        "--bin",
-        "cloister-client",
-    ]))?;
+    build_binaries(false)?;
     let extra: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
     run(cargo()
         .args(["test", "--workspace", "--locked"])
@@ -119,6 +112,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .env("CLOISTER_BIN", target_dir().join("debug/cloister")))?;
     // The browser's e2ee module: built from scratch, size-checked, and exercised in Node.
     wasm::test()?;
+    // The browser classroom: built (TypeScript strict, Vite) and driven in Debian's Chromium against the binary.
+    web::build_app()?;
+    web::test()?;
     // The parsers of untrusted bytes, fuzzed briefly on every run (longer by hand: `cargo xtask fuzz --seconds 600`).
     if !quick {
         fuzz::main(&["--seconds".to_owned(), "30".to_owned()])?;
@@ -126,8 +122,21 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the `cloister` and `cloister-client` binaries (debug, or release) in one cargo run.
+fn build_binaries(release: bool) -> anyhow::Result<()> {
+    let bins = ["-p", "cloister-server", "--bin", "cloister", "-p", "cloister-client", "--bin", "cloister-client"];
+    let mut c = cargo();
+    c.args(["build", "--locked"]);
+    if release {
+        c.arg("--release");
+    }
+    run(c.args(bins))
+}
+
 fn run_server(args: &[String]) -> anyhow::Result<()> {
     let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    // The browser classroom first, so the one URL the server prints opens it.
+    web::build()?;
     run(cargo().args(["build", "--release", "--locked", "-p", "cloister-server", "--bin", "cloister"]))?;
     let mut cmd = Command::new(target_dir().join("release/cloister"));
     cmd.arg("serve");
@@ -145,8 +154,10 @@ fn main() -> anyhow::Result<()> {
         Some("run") => run_server(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") if args.get(1).is_some_and(|a| a == "sfu") => bench_sfu::main(&args[2..]),
+        Some("bench") if args.get(1).is_some_and(|a| a == "web") => web::bench(&args[2..]),
         Some("bench") => bench::main(&args[1..]),
         Some("wasm") => wasm::build().map(|_| ()),
+        Some("web") => web::main(&args[1..]),
         Some("fuzz") => fuzz::main(&args[1..]),
         Some("install-postgres") => ensure_postgres(),
         _ => {
@@ -156,8 +167,10 @@ fn main() -> anyhow::Result<()> {
                  \x20 test [--quick]    install test prerequisites, then fmt, clippy, docs and all tests\n\
                  \x20 bench             account benchmarks (argon2id, logins/s, GET /api/v1/me)\n\
                  \x20 bench sfu [--quick]  SFU load benchmark beside Janus (root; installs janus)\n\
+                 \x20 bench web [--rounds N]  first decoded teacher frame after opening the session URL, 10 students in\n\
                  \x20 fuzz [--seconds N] [TARGET..]  run the e2ee fuzz targets N seconds each (default 30)
                  \x20 wasm              build the browser e2ee module (target/wasm/{{web,nodejs}}), check its size\n\
+                 \x20 web [test]        build the browser classroom (crates/cloister-web/dist) [and run its browser tests]\n\
                  \x20 install-postgres  install Debian's PostgreSQL if missing"
             );
             bail!("unknown or missing command")
