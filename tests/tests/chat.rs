@@ -6,7 +6,8 @@
 //! - bad input over the WebSocket gets stable codes and changes nothing for the others;
 //! - random canaries sent as chat, questions and display names appear in no database file, log, metric, nor in
 //!   the application-layer bytes the server received or sent (its `--capture-frames` test hook);
-//! - staff remove a member (a student cannot), who is then out of the group;
+//! - staff remove a member (a student cannot), who is then out of the group, cannot rejoin, and the removal is
+//!   in the audit log;
 //! - every epoch's key-custody record is in the audit log.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -406,6 +407,17 @@ async fn scenario(backend: Backend) {
         gone.p.close().await;
     }
     pump(&mut members, "one roster without the removed member", 60, converged).await;
+    // The removed user cannot come back: neither admission nor a join over the WebSocket.
+    match api.admit(&logins[target], &sid).await {
+        Err(cloister_client::api::ApiError::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "removed_from_session"));
+        }
+        other => panic!("a removed user was admitted again: {other:?}"),
+    }
+    let mut back_ws = raw_ws(&api, &logins[target], "again").await;
+    let join = json!({"t": "join", "id": 5, "session": sid}).to_string();
+    assert_eq!(ask(&mut back_ws, &join).await["code"], "removed_from_session");
+    drop(back_ws);
     assert!(
         members[0].epoch().unwrap().roster.iter().all(|r| r.user_id != target_user),
         "the removed member is not in the roster"
@@ -438,6 +450,17 @@ async fn scenario(backend: Backend) {
         })
         .collect();
     assert_eq!(custody, (0..=final_epoch).collect(), "one custody record per epoch");
+    let removals: Vec<(String, String, u32)> = entries
+        .iter()
+        .filter_map(|(b,)| cloister_audit::AuditEntry::decode(b))
+        .filter_map(|e| match e.event {
+            cloister_audit::AuditEvent::MemberRemoved { session, actor, user, devices } if session == sid => {
+                Some((actor, user, devices))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removals, vec![(logins[0].user_id.clone(), target_user.clone(), 1)], "the removal is audited");
 
     // No canary anywhere the server keeps or emits.
     let frames = std::fs::read_to_string(&capture).unwrap();

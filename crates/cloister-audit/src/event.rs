@@ -129,6 +129,18 @@ pub enum AuditEvent {
         /// Leaf of the committer.
         committer_leaf: u32,
     },
+    /// Staff removed a user from a live session: the delivery service proposed the removal of the user's devices
+    /// from the session's group (the next commit takes them out) and freed the user's seat.
+    MemberRemoved {
+        /// Live session id.
+        session: String,
+        /// Who removed them (pseudonymous user id).
+        actor: String,
+        /// Whom (pseudonymous user id).
+        user: String,
+        /// How many of the user's devices were proposed for removal.
+        devices: u32,
+    },
 }
 
 impl AuditEvent {
@@ -149,6 +161,7 @@ impl AuditEvent {
             AuditEvent::CourseDeleted { .. } => "course_deleted",
             AuditEvent::OrgDeleted { .. } => "org_deleted",
             AuditEvent::KeyCustody { .. } => "key_custody",
+            AuditEvent::MemberRemoved { .. } => "member_removed",
         }
     }
 }

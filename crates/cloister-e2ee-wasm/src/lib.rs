@@ -8,7 +8,8 @@
 #![forbid(unsafe_code)]
 
 use cloister_e2ee::group::{
-    external_sender_from_bytes, ClientIdentity, ExternalSenderIdentity, GroupEvent, Provider, SessionGroup,
+    external_sender_from_bytes, ClientIdentity, CommitOutput, ExternalSenderIdentity, GroupError, GroupEvent, Provider,
+    SessionGroup,
 };
 use cloister_e2ee::media::{Codec, KidLayout, MediaKeyring, BASE_KEY_LEN};
 use cloister_e2ee::message::AppMessage;
@@ -65,6 +66,19 @@ pub struct Client {
     identity: Option<ClientIdentity>,
     group: Option<SessionGroup>,
     welcome: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// Runs a commit-making group operation: keeps its Welcome for [`Client::take_welcome`], returns the commit.
+    fn commit_with(
+        &mut self,
+        op: impl FnOnce(&mut SessionGroup, &Provider) -> Result<CommitOutput, GroupError>,
+    ) -> Result<Vec<u8>, JsError> {
+        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
+        let out = op(g, &self.provider).map_err(js)?;
+        self.welcome = out.welcome;
+        Ok(out.commit)
+    }
 }
 
 #[wasm_bindgen]
@@ -206,30 +220,18 @@ impl Client {
     /// Commits the pending proposals (committers only); returns the commit. The Welcome, if any, is then
     /// available from [`Client::take_welcome`].
     pub fn commit_pending(&mut self) -> Result<Vec<u8>, JsError> {
-        let provider = &self.provider;
-        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
-        let out = g.commit_pending(provider).map_err(js)?;
-        self.welcome = out.welcome;
-        Ok(out.commit)
+        self.commit_with(|g, provider| g.commit_pending(provider))
     }
 
     /// Removes members by leaf (committers only): returns the pending commit, to send and then confirm.
     pub fn remove_leaves(&mut self, leaves: &[u32]) -> Result<Vec<u8>, JsError> {
-        let provider = &self.provider;
-        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
-        let out = g.remove(provider, leaves).map_err(js)?;
-        self.welcome = out.welcome;
-        Ok(out.commit)
+        self.commit_with(|g, provider| g.remove(provider, leaves))
     }
 
     /// Refreshes this member's leaf keys (post-compromise security, and a fresh epoch after a restore): returns the
     /// pending commit, to send and then confirm or discard.
     pub fn self_update(&mut self) -> Result<Vec<u8>, JsError> {
-        let provider = &self.provider;
-        let g = self.group.as_mut().ok_or_else(|| JsError::new("not in a group yet"))?;
-        let out = g.self_update(provider).map_err(js)?;
-        self.welcome = out.welcome;
-        Ok(out.commit)
+        self.commit_with(|g, provider| g.self_update(provider))
     }
 
     /// The Welcome of the last commit, once.

@@ -362,6 +362,12 @@ pub async fn join_session(
     let (s, c) = state.courses.session(&sid).await?;
     let resource = Resource::LiveSession { id: s.id.to_string(), course: c.facts() };
     state.authorize(Some(&auth), Action::SessionJoin, &resource).await?;
+    if state.live.was_removed(&s.id.to_string(), &auth.user_id.to_string()) {
+        return Err(ApiError::new(
+            ErrorCode::RemovedFromSession,
+            "the session's staff removed you from this live session",
+        ));
+    }
     let (new, learners, staff) = state.courses.join_session(&s, &c, &auth.user_id, (state.clock)()).await?;
     let out = ParticipationOut {
         session_id: s.id.to_string(),

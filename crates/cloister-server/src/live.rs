@@ -76,6 +76,8 @@ pub(crate) struct GroupState {
     pub(crate) staff: Vec<String>,
     /// Members the staff put on stage (they may publish media).
     pub(crate) staged: BTreeSet<String>,
+    /// Users the staff removed: they may not rejoin while the group lives (memory only: a restart forgets it).
+    pub(crate) removed: BTreeSet<String>,
 }
 
 pub(crate) struct Core {
@@ -429,6 +431,7 @@ impl LiveHub {
                         custody,
                         staff: Vec::new(),
                         staged: BTreeSet::new(),
+                        removed: BTreeSet::new(),
                     };
                     groups.insert(gid, state);
                 }
@@ -486,6 +489,11 @@ impl LiveHub {
         }
         let (closed, _) = mpsc::unbounded_channel();
         core.writes = closed;
+    }
+
+    /// Whether the staff removed `user` from the live session `session` (while its group lives in memory).
+    pub fn was_removed(&self, session: &str, user: &str) -> bool {
+        self.core().groups.get(session.as_bytes()).is_some_and(|st| st.removed.contains(user))
     }
 
     /// Proposes the Remove of every device of `user` in `session`'s group (the participant left over the REST API).
@@ -644,6 +652,13 @@ impl LiveHub {
             ));
         }
         if matches!(frame, ClientFrame::Join { .. }) {
+            if self.was_removed(&session, user) {
+                return Checked::Refused(refused(
+                    Some(id),
+                    "removed_from_session",
+                    "the session's staff removed you from this live session",
+                ));
+            }
             let staff = c.teachers.iter().chain(&c.tas).any(|u| u.to_string() == user);
             let admitted = match state.courses.participants(&sid).await {
                 Ok(p) => p.iter().any(|u| u.to_string() == user),
@@ -717,6 +732,7 @@ impl LiveHub {
                     nudged: None,
                     custody: BTreeSet::new(),
                     staged: BTreeSet::new(),
+                    removed: BTreeSet::new(),
                     staff: staff.unwrap_or_default(),
                 };
                 core.groups.insert(gid.clone(), state);
@@ -847,6 +863,15 @@ impl LiveHub {
                             return None;
                         }
                     }
+                }
+                if let Ok(session) = String::from_utf8(gid.clone()) {
+                    let devices = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+                    let event =
+                        AuditEvent::MemberRemoved { session, actor: dev.0.clone(), user: user.clone(), devices };
+                    batch.writes.push(DsWrite::Evidence(Evidence::of(now, [event])));
+                }
+                if let Some(st) = core.groups.get_mut(&gid) {
+                    st.removed.insert(user.clone());
                 }
                 kicked = UserId::parse(&user);
                 ServerFrame::Ok { id, seq: Some(last), epoch: None, held: None, live: None }

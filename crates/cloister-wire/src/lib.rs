@@ -238,6 +238,8 @@ pub enum ErrorCode {
     SessionEnded,
     /// 403: signed in, but the authorization policy does not allow this action on this resource.
     Forbidden,
+    /// 403: the live session's staff removed this user from it; they cannot rejoin it.
+    RemovedFromSession,
     /// 404: no such route or resource.
     NotFound,
     /// 405: the route exists but not with this method.
@@ -272,6 +274,7 @@ impl ErrorCode {
         Self::SessionFull,
         Self::SessionEnded,
         Self::Forbidden,
+        Self::RemovedFromSession,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::Unavailable,
@@ -301,6 +304,7 @@ impl ErrorCode {
             Self::LastOwner => "last_owner",
             Self::SessionFull => "session_full",
             Self::SessionEnded => "session_ended",
+            Self::RemovedFromSession => "removed_from_session",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -324,7 +328,7 @@ impl ErrorCode {
             Self::CodeUnknown => 404,
             Self::CodeUsed | Self::LastOwner | Self::SessionFull => 409,
             Self::CodeExpired | Self::SessionEnded => 410,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::RemovedFromSession => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Unavailable => 503,

@@ -49,6 +49,15 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** A form's submit handler: clears the form's error line, runs `work`, and shows what went wrong in that line. */
+function onSubmit(err: ReturnType<typeof errorLine>, work: () => Promise<void>): (ev: Event) => void {
+  return (ev: Event) => {
+    ev.preventDefault();
+    err.set("");
+    work().catch((e: unknown) => err.set(message(e)));
+  };
+}
+
 function signUpPage(): void {
   const email = h("input", { type: "email", name: "email", autocomplete: "email", required: true });
   const password = h("input", { type: "password", name: "password", autocomplete: "new-password", required: true, minlength: 10 });
@@ -57,21 +66,13 @@ function signUpPage(): void {
     "form",
     {
       class: "card narrow",
-      onsubmit: (ev: Event) => {
-        ev.preventDefault();
-        err.set("");
-        void (async () => {
-          try {
-            const created = await api.signUp(email.value, password.value);
-            const session = await api.signIn(email.value, password.value);
-            setToken(session.token);
-            me = null;
-            recoveryPage(created.recovery_code);
-          } catch (e) {
-            err.set(message(e));
-          }
-        })();
-      },
+      onsubmit: onSubmit(err, async () => {
+        const created = await api.signUp(email.value, password.value);
+        const session = await api.signIn(email.value, password.value);
+        setToken(session.token);
+        me = null;
+        recoveryPage(created.recovery_code);
+      }),
     },
     h("h1", {}, "Create your account"),
     h("p", { class: "muted" }, "Cloister keeps only a keyed hash of your email and a hash of your password. Your name is never sent to the server."),
@@ -127,22 +128,14 @@ function signInPage(): void {
       "form",
       {
         class: "card narrow",
-        onsubmit: (ev: Event) => {
-          ev.preventDefault();
-          err.set("");
-          void (async () => {
-            try {
-              const s = await api.signIn(email.value, password.value);
-              setToken(s.token);
-              me = null;
-              const back = sessionStorage.getItem("cloister.after");
-              sessionStorage.removeItem("cloister.after");
-              location.hash = back ?? "#/";
-            } catch (e) {
-              err.set(message(e));
-            }
-          })();
-        },
+        onsubmit: onSubmit(err, async () => {
+          const s = await api.signIn(email.value, password.value);
+          setToken(s.token);
+          me = null;
+          const back = sessionStorage.getItem("cloister.after");
+          sessionStorage.removeItem("cloister.after");
+          location.hash = back ?? "#/";
+        }),
       },
       h("h1", {}, "Sign in"),
       field("Email", email),
@@ -195,17 +188,10 @@ async function homePage(who: Me): Promise<void> {
           "form",
           {
             class: "stack",
-            onsubmit: (ev: Event) => {
-              ev.preventDefault();
-              void (async () => {
-                try {
-                  const c = await api.createCourse(title.value, description.value);
-                  location.hash = `#/course/${c.id}`;
-                } catch (e) {
-                  err.set(message(e));
-                }
-              })();
-            },
+            onsubmit: onSubmit(err, async () => {
+              const c = await api.createCourse(title.value, description.value);
+              location.hash = `#/course/${c.id}`;
+            }),
           },
           h("h3", {}, "Teach a course"),
           field("Title", title),
@@ -321,15 +307,12 @@ async function coursePage(who: Me, id: string): Promise<void> {
           "form",
           {
             class: "card stack",
-            onsubmit: (ev: Event) => {
-              ev.preventDefault();
+            onsubmit: onSubmit(err, async () => {
               const start = new Date(Date.now() - 60_000);
               const end = new Date(start.getTime() + (Number(minutes.value) + 1) * 60_000);
-              void api.schedule(id, start, end, Number(capacity.value)).then(
-                () => load(),
-                (e: unknown) => err.set(message(e)),
-              );
-            },
+              await api.schedule(id, start, end, Number(capacity.value));
+              await load();
+            }),
           },
           h("h2", {}, "Start a session now"),
           field("Length in minutes", minutes),

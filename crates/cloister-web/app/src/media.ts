@@ -32,8 +32,7 @@ export interface MediaEvents {
   error(message: string): void;
 }
 
-type LegacySender = RTCRtpSender & { createEncodedStreams?: () => { readable: ReadableStream; writable: WritableStream } };
-type LegacyReceiver = RTCRtpReceiver & { createEncodedStreams?: () => { readable: ReadableStream; writable: WritableStream } };
+type Legacy = (RTCRtpSender | RTCRtpReceiver) & { createEncodedStreams?: () => { readable: ReadableStream; writable: WritableStream } };
 
 const scriptTransform = typeof (globalThis as { RTCRtpScriptTransform?: unknown }).RTCRtpScriptTransform === "function";
 
@@ -87,22 +86,13 @@ export class Media {
     this.worker.postMessage(m, transfer);
   }
 
-  private sealWith(sender: RTCRtpSender, o: SendOptions): void {
+  /** Puts the sealing (sender) or opening (receiver) transform on an RTP sender or receiver. */
+  private transformWith(target: RTCRtpSender | RTCRtpReceiver, o: SendOptions | ReceiveOptions): void {
     if (scriptTransform) {
-      sender.transform = new RTCRtpScriptTransform(this.worker, o);
+      target.transform = new RTCRtpScriptTransform(this.worker, o);
     } else {
-      const s = (sender as LegacySender).createEncodedStreams?.();
-      if (s === undefined) throw new Error("this browser cannot encrypt media end to end");
-      this.post({ t: "streams", options: o, readable: s.readable, writable: s.writable }, [s.readable, s.writable]);
-    }
-  }
-
-  private openWith(receiver: RTCRtpReceiver, o: ReceiveOptions): void {
-    if (scriptTransform) {
-      receiver.transform = new RTCRtpScriptTransform(this.worker, o);
-    } else {
-      const s = (receiver as LegacyReceiver).createEncodedStreams?.();
-      if (s === undefined) throw new Error("this browser cannot decrypt media end to end");
+      const s = (target as Legacy).createEncodedStreams?.();
+      if (s === undefined) throw new Error(`this browser cannot ${o.op === "seal" ? "encrypt" : "decrypt"} media end to end`);
       this.post({ t: "streams", options: o, readable: s.readable, writable: s.writable }, [s.readable, s.writable]);
     }
   }
@@ -131,7 +121,7 @@ export class Media {
       const t = pc.addTransceiver(kind, init);
       if (kind === "video") preferVp8(t);
       this.senders.set(source, t.sender);
-      this.sealWith(t.sender, { op: "seal", codec: kind === "audio" ? "opus" : "vp8", context: CONTEXT[source], kind, source });
+      this.transformWith(t.sender, { op: "seal", codec: kind === "audio" ? "opus" : "vp8", context: CONTEXT[source], kind, source });
       return t;
     };
     const tMic = add("mic", "audio");
@@ -221,7 +211,7 @@ export class Media {
       const mid = ev.transceiver.mid ?? "";
       const info = this.trackInfo.get(mid);
       const codec = ev.track.kind === "audio" ? "opus" : "vp8";
-      this.openWith(ev.receiver, {
+      this.transformWith(ev.receiver, {
         op: "open",
         codec,
         device: info?.device ?? "",

@@ -33,6 +33,25 @@ function layerForWidth(w: number): number {
 }
 
 /** Milliseconds since navigation start at each step of joining (the first-frame benchmark reads them). */
+/** A one-line form that sends its input's trimmed text (when not empty) and clears it. */
+function sendForm(input: HTMLInputElement, label: string, send: (text: string) => void): HTMLFormElement {
+  return h(
+    "form",
+    {
+      class: "row",
+      onsubmit: (ev: Event) => {
+        ev.preventDefault();
+        const text = input.value.trim();
+        if (text === "") return;
+        send(text);
+        input.value = "";
+      },
+    },
+    input,
+    h("button", { type: "submit" }, label),
+  );
+}
+
 const marks: Record<string, number> = {};
 function mark(name: string): void {
   marks[name] ??= Math.round(performance.now());
@@ -482,42 +501,16 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
       "section",
       { class: "panel", id: "panel-chat", role: "tabpanel", "aria-labelledby": "tab-chat" },
       chatList,
-      h(
-        "form",
-        {
-          class: "row",
-          onsubmit: (ev: Event) => {
-            ev.preventDefault();
-            const text = chatInput.value.trim();
-            if (text === "") return;
-            room.say({ type: "chat", text });
-            chatInput.value = "";
-          },
-        },
-        chatInput,
-        h("button", { type: "submit" }, "Send"),
-      ),
+      sendForm(chatInput, "Send", (text) => room.say({ type: "chat", text })),
     ),
     qa: h(
       "section",
       { class: "panel", id: "panel-qa", role: "tabpanel", "aria-labelledby": "tab-qa" },
       qList,
-      h(
-        "form",
-        {
-          class: "row",
-          onsubmit: (ev: Event) => {
-            ev.preventDefault();
-            const text = qInput.value.trim();
-            if (text === "") return;
-            const id = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
-            room.say({ type: "question", id, text });
-            qInput.value = "";
-          },
-        },
-        qInput,
-        h("button", { type: "submit" }, "Ask"),
-      ),
+      sendForm(qInput, "Ask", (text) => {
+        const id = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+        room.say({ type: "question", id, text });
+      }),
     ),
     people: h(
       "section",
