@@ -155,7 +155,11 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
   const others = h("div", { class: "others" });
   const local = h("video", { class: "self", id: "self-view", muted: true, autoplay: true, playsinline: true, "aria-label": "Your camera" });
   local.muted = true;
-  stage.append(screenTile, cameraTile, others);
+  // What this device shares, as the others see it (its own tracks never come back from the SFU).
+  const localScreen = h("video", { muted: true, autoplay: true, playsinline: true, "aria-label": "Your screen share" });
+  localScreen.muted = true;
+  const localScreenTile = h("figure", { class: "tile main", id: "tile-own-screen", hidden: true }, localScreen, h("figcaption", {}, "Your screen, as the others see it"));
+  stage.append(localScreenTile, screenTile, cameraTile, others);
   const chatList = h("ol", { class: "chat", id: "chat", "aria-live": "polite", "aria-label": "Chat messages" });
   const chatInput = h("input", { type: "text", id: "chat-input", maxlength: 2000, autocomplete: "off", "aria-label": "Message" });
   const qList = h("ol", { class: "questions", id: "questions", "aria-label": "Questions" });
@@ -470,6 +474,10 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
     const cam = media.localTrack("camera");
     local.hidden = cam === undefined;
     local.srcObject = cam !== undefined ? new MediaStream([cam]) : null;
+    const scr = media.localTrack("screen");
+    localScreenTile.hidden = scr === undefined;
+    if (scr === undefined) localScreen.srcObject = null;
+    else if ((localScreen.srcObject as MediaStream | null)?.getVideoTracks()[0] !== scr) localScreen.srcObject = new MediaStream([scr]);
   }
   const audioButton = h(
     "button",
