@@ -493,6 +493,12 @@ impl Shard {
         Ok(rtc)
     }
 
+    /// Whether a track was published over the connection `conn` (a publisher does not get its own media back).
+    fn published_by(&self, track: TrackId, conn: u64) -> bool {
+        let publisher = self.tracks.get(&track).map(|t| t.publisher);
+        publisher.and_then(|p| self.peers.get(&p)).is_some_and(|p| p.owner.conn == conn)
+    }
+
     fn add_peer(&mut self, id: PeerId, room: &str, owner: Owner, mut rtc: Rtc, role: Role) -> Result<(), SfuError> {
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         let now = Instant::now();
@@ -562,11 +568,7 @@ impl Shard {
                 }
                 // Every track of the room but this connection's own (a publisher does not get its media back).
                 let tracks: Vec<TrackId> = self.rooms.get(&room).map(|r| r.tracks.clone()).unwrap_or_default();
-                let own = |t: &TrackId| {
-                    let publisher = self.tracks.get(t).map(|t| t.publisher);
-                    publisher.and_then(|p| self.peers.get(&p)).is_some_and(|p| p.owner.conn == conn_of_new)
-                };
-                let tracks: Vec<TrackId> = tracks.into_iter().filter(|t| !own(t)).collect();
+                let tracks: Vec<TrackId> = tracks.into_iter().filter(|&t| !self.published_by(t, conn_of_new)).collect();
                 if let Some(Role::Subscriber(sub)) = self.peers.get_mut(&peer).map(|p| &mut p.role) {
                     for t in tracks {
                         sub.outs.push(new_out(&self.tracks, t));
@@ -758,7 +760,6 @@ impl Shard {
 
     fn media_added(&mut self, id: PeerId, mid: Mid, kind: MediaKind, rids: Vec<str0m::media::Rid>) {
         let Some(peer) = self.peers.get_mut(&id) else { return };
-        let conn = peer.owner.conn;
         let Role::Publisher(p) = &mut peer.role else { return };
         if p.tracks.contains_key(&mid) {
             return;
@@ -799,8 +800,9 @@ impl Shard {
             None => return,
         };
         for sid in subscribers {
+            let own = self.peers.get(&sid).is_some_and(|p| self.published_by(tid, p.owner.conn));
             let Some(p) = self.peers.get_mut(&sid) else { continue };
-            if p.owner.conn == conn {
+            if own {
                 continue; // the publisher's own subscribe connection
             }
             if let Role::Subscriber(sub) = &mut p.role {

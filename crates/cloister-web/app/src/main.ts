@@ -159,7 +159,7 @@ function courseCard(c: Course): HTMLElement {
   );
 }
 
-async function homePage(who: Me): Promise<void> {
+async function homePage(): Promise<void> {
   const mine = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   const results = h("ul", { class: "courses", "aria-live": "polite" });
   const q = h("input", { type: "search", name: "q", placeholder: "Search the catalog" });
@@ -232,10 +232,9 @@ async function homePage(who: Me): Promise<void> {
   } catch (e) {
     mine.replaceChildren(h("p", { class: "error" }, message(e)));
   }
-  void who;
 }
 
-async function coursePage(who: Me, id: string): Promise<void> {
+async function coursePage(id: string): Promise<void> {
   let course: Course;
   let teacher = false;
   try {
@@ -246,7 +245,6 @@ async function coursePage(who: Me, id: string): Promise<void> {
     mount(h("h1", {}, "Course"), h("p", { class: "error", role: "alert" }, message(e)));
     return;
   }
-  void who;
   const sessions = h("ul", { class: "sessions" });
   const err = errorLine();
   const load = async () => {
@@ -337,9 +335,9 @@ async function route(): Promise<void> {
     sessionStorage.setItem("cloister.after", location.hash || "#/");
     return signInPage();
   }
-  if (parts[0] === "course" && parts[1] !== undefined) return coursePage(who, parts[1]);
+  if (parts[0] === "course" && parts[1] !== undefined) return coursePage(parts[1]);
   if (parts[0] === "live" && parts[1] !== undefined) return liveRoom(who, parts[1]);
-  return homePage(who);
+  return homePage();
 }
 
 window.addEventListener("hashchange", () => void route());

@@ -53,6 +53,13 @@ function sendForm(input: HTMLInputElement, label: string, send: (text: string) =
 }
 
 const marks: Record<string, number> = {};
+/** Shows a local track in a preview element, keeping its stream while the track is the same; whether one shows. */
+function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boolean {
+  if (track === undefined) el.srcObject = null;
+  else if ((el.srcObject as MediaStream | null)?.getVideoTracks()[0] !== track) el.srcObject = new MediaStream([track]);
+  return track !== undefined;
+}
+
 function mark(name: string): void {
   marks[name] ??= Math.round(performance.now());
 }
@@ -471,13 +478,8 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
       b.setAttribute("aria-pressed", on ? "true" : "false");
       b.textContent = { mic: on ? "Mute microphone" : "Unmute microphone", camera: on ? "Stop camera" : "Start camera", screen: on ? "Stop sharing" : "Share screen" }[s];
     }
-    const cam = media.localTrack("camera");
-    local.hidden = cam === undefined;
-    local.srcObject = cam !== undefined ? new MediaStream([cam]) : null;
-    const scr = media.localTrack("screen");
-    localScreenTile.hidden = scr === undefined;
-    if (scr === undefined) localScreen.srcObject = null;
-    else if ((localScreen.srcObject as MediaStream | null)?.getVideoTracks()[0] !== scr) localScreen.srcObject = new MediaStream([scr]);
+    local.hidden = !preview(local, media.localTrack("camera"));
+    localScreenTile.hidden = !preview(localScreen, media.localTrack("screen"));
   }
   const audioButton = h(
     "button",
