@@ -119,6 +119,19 @@ async fn raw_ws(api: &Api, login: &Login, device: &str) -> tokio_tungstenite::We
     ws
 }
 
+/// Asserts that a user the staff removed is refused `removed_from_session` on admission and on a WebSocket join.
+async fn assert_barred(api: &Api, login: &Login, sid: &str, device: &str) {
+    match api.admit(login, sid).await {
+        Err(cloister_client::api::ApiError::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "removed_from_session"));
+        }
+        other => panic!("a removed user was admitted again: {other:?}"),
+    }
+    let mut ws = raw_ws(api, login, device).await;
+    let join = json!({"t": "join", "id": 5, "session": sid}).to_string();
+    assert_eq!(ask(&mut ws, &join).await["code"], "removed_from_session");
+}
+
 /// Sends a frame and returns the first error or ok answer (skipping the Ready frame and anything unasked).
 async fn ask(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, frame: &str) -> Value {
     ws.send(Message::Text(frame.to_owned().into())).await.unwrap();
@@ -408,16 +421,7 @@ async fn scenario(backend: Backend) {
     }
     pump(&mut members, "one roster without the removed member", 60, converged).await;
     // The removed user cannot come back: neither admission nor a join over the WebSocket.
-    match api.admit(&logins[target], &sid).await {
-        Err(cloister_client::api::ApiError::Refused { status, code, .. }) => {
-            assert_eq!((status, code.as_str()), (403, "removed_from_session"));
-        }
-        other => panic!("a removed user was admitted again: {other:?}"),
-    }
-    let mut back_ws = raw_ws(&api, &logins[target], "again").await;
-    let join = json!({"t": "join", "id": 5, "session": sid}).to_string();
-    assert_eq!(ask(&mut back_ws, &join).await["code"], "removed_from_session");
-    drop(back_ws);
+    assert_barred(&api, &logins[target], &sid, "again").await;
     assert!(
         members[0].epoch().unwrap().roster.iter().all(|r| r.user_id != target_user),
         "the removed member is not in the roster"
@@ -437,6 +441,9 @@ async fn scenario(backend: Backend) {
     for m in members {
         m.p.close().await;
     }
+    // The ban outlives a restart: it is stored with the session's log.
+    s.restart();
+    assert_barred(&api, &logins[target], &sid, "after-restart").await;
     s.shut_down();
     let entries: Vec<(Vec<u8>,)> = tests::with_db!(s, pool => {
         sqlx::query_as("SELECT entry FROM audit_entries").fetch_all(pool).await.unwrap()

@@ -201,6 +201,9 @@ async fn teacher_to_ten_students_end_to_end_encrypted_through_the_sfu() {
         assert_eq!(g(&st.video_received), g(&st.video_opened), "student {i}: {summary}");
         assert_eq!(g(&st.video_missing), 0, "student {i} lost frames on loopback: {summary}");
     }
+    // Students starting (and switching layers) asked for key frames, which the SFU passed to the teacher's client;
+    // it answered them by going back to a key frame of the layer.
+    assert!(g(&t.keyframe_requests) > 0 && g(&t.keyframes_sent) > 0, "no key-frame request answered: {}", t.json());
     // On loopback the estimate allows the top layer: every student reaches it.
     {
         let stats = stats.clone();

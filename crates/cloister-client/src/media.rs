@@ -6,15 +6,16 @@
 //! Two peer connections, as the SFU expects: a publish connection this client offers and a subscribe connection the
 //! SFU offers. Signaling goes through the participant's WebSocket ([`MediaLink`]).
 //!
-//! The files loop; a key frame request (PLI) is not acted on (the IVF files have a key frame every second), which the
-//! SFU's layer switching tolerates because it only switches at key frames.
+//! The files loop. A key frame request (PLI or FIR) for a layer makes that layer go back to the last key frame it
+//! passed in its file (at most one jump every [`KEYFRAME_GAP`]), so a subscriber that joins or a layer switch gets a
+//! key frame at once rather than at the file's next one (they come every second).
 
 use crate::participant::{MediaInbound, MediaLink, MEDIA_ID_BASE};
 use bytes::Bytes;
 use cloister_e2ee::media::{Codec, MediaKeyring};
 use cloister_wire::live::{ClientFrame, MediaSource, ServerFrame};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -22,6 +23,8 @@ use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_O
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -35,11 +38,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
 };
+
+/// The shortest time between two key-frame jumps of one layer (requests in between are served by the last jump).
+const KEYFRAME_GAP: Duration = Duration::from_millis(300);
 
 /// SFrame contexts (the KID's high bits) per stream of one sender.
 const CONTEXT_MIC: u64 = 0;
@@ -195,6 +201,10 @@ pub struct MediaStats {
     pub subscriptions: AtomicU64,
     /// The publish connection reached `connected`.
     pub publishing: AtomicU64,
+    /// Key-frame requests (PLI, FIR) received for the published video.
+    pub keyframe_requests: AtomicU64,
+    /// Times a layer went back to a key frame for them.
+    pub keyframes_sent: AtomicU64,
     /// The subscribe connection reached `connected`.
     pub subscribed: AtomicU64,
     /// Media connections the server closed and media requests it refused, by code, in order.
@@ -221,6 +231,8 @@ impl MediaStats {
             "layer_notices": g(&self.layer_notices),
             "last_layer": g(&self.last_layer),
             "publishing": g(&self.publishing) > 0,
+            "keyframe_requests": g(&self.keyframe_requests),
+            "keyframes_sent": g(&self.keyframes_sent),
             "subscribed": g(&self.subscribed) > 0,
             "closed": self.closed.lock().map(|c| c.clone()).unwrap_or_default(),
             "speaker": self.speaker.lock().map(|s| s.clone()).unwrap_or_default(),
@@ -412,6 +424,72 @@ struct Built {
     tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
 }
 
+/// Passes inbound key-frame requests (PLI, FIR) on to the application (the publisher's tracks), and ends every
+/// other inbound RTCP packet here, as the chain's end would. It sits last, so the interceptors before it have
+/// acted on all of the RTCP.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
+                packets.iter().filter(|p| keyframe_request(p.as_ref()).is_some()).cloned().collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// The SSRCs an RTCP packet asks a key frame of, if it is a key-frame request.
+fn keyframe_request(p: &dyn rtc::rtcp::Packet) -> Option<Vec<u32>> {
+    let any = p.as_any();
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        return Some(vec![pli.media_ssrc]);
+    }
+    any.downcast_ref::<FullIntraRequest>().map(|fir| fir.fir.iter().map(|e| e.ssrc).collect())
+}
+
+/// Where a looping file resumes when a key frame is asked for at position `at`: the last key frame at or before
+/// it (the file starts with one), so nothing is skipped and a decoder can start there.
+fn keyframe_at_or_before(keys: &[usize], at: usize) -> usize {
+    keys.iter().copied().filter(|&k| k <= at).max().or_else(|| keys.first().copied()).unwrap_or(at)
+}
+
 fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: mime.to_owned(),
@@ -453,7 +531,8 @@ async fn build_pc(bind: std::net::IpAddr, receive_tracks: bool) -> anyhow::Resul
             me.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, *kind, None)?;
         }
     }
-    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut me)?.with(Slot::from(14_000), KeyframeRequests::default());
     let (gtx, gathered) = mpsc::unbounded_channel();
     let (ctx, connected) = mpsc::unbounded_channel();
     let (ttx, tracks) = mpsc::unbounded_channel();
@@ -633,6 +712,21 @@ impl Engine {
         let keys = self.link.keys.clone();
         let canary = files.canary.clone();
         if let Some(track) = camera_sender {
+            let wanted: HashMap<u32, Arc<std::sync::atomic::AtomicBool>> =
+                layers.iter().map(|&(ssrc, _)| (ssrc, Arc::default())).collect();
+            {
+                let (track, wanted, stats) = (track.clone(), wanted.clone(), self.stats.clone());
+                tasks.push(tokio::spawn(async move {
+                    while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = track.poll().await {
+                        for ssrc in packets.iter().filter_map(|p| keyframe_request(p.as_ref())).flatten() {
+                            stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                            if let Some(w) = wanted.get(&ssrc) {
+                                w.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }));
+            }
             for &(ssrc, layer) in &layers {
                 let frames = files.camera[layer].clone();
                 let track = track.clone();
@@ -651,8 +745,8 @@ impl Engine {
                     extensions: video_extensions,
                     mid: video_mid.clone(),
                     rid,
+                    keyframe: wanted.get(&ssrc).cloned(),
                 };
-                let frames: Vec<Vec<u8>> = frames.into_iter().map(|f| f.data).collect();
                 tasks.push(tokio::spawn(async move {
                     let _ = go.recv().await;
                     stream(out, frames, keys, canary, stats).await;
@@ -673,7 +767,9 @@ impl Engine {
                 extensions: audio_extensions,
                 mid: audio_mid.clone(),
                 rid: String::new(),
+                keyframe: None,
             };
+            let packets: Vec<FileFrame> = packets.into_iter().map(|data| FileFrame { data, key: false }).collect();
             tasks.push(tokio::spawn(async move {
                 let _ = go.recv().await;
                 stream(out, packets, keys, canary, stats).await;
@@ -787,6 +883,8 @@ struct Outgoing {
     extensions: fn(&str, &str) -> Vec<HeaderExtension>,
     mid: String,
     rid: String,
+    /// Set when a key frame is asked for (video only).
+    keyframe: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 fn video_extensions(mid: &str, rid: &str) -> Vec<HeaderExtension> {
@@ -805,7 +903,7 @@ fn audio_extensions(mid: &str, _rid: &str) -> Vec<HeaderExtension> {
 /// Seals and sends `frames` in a loop at the stream's frame rate until the track closes.
 async fn stream(
     out: Outgoing,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<FileFrame>,
     keys: Arc<Mutex<MediaKeyring>>,
     canary: Option<Vec<u8>>,
     stats: Arc<MediaStats>,
@@ -813,9 +911,20 @@ async fn stream(
     let mut tick = tokio::time::interval(out.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let ext = (out.extensions)(&out.mid, &out.rid);
-    for f in frames.iter().cycle() {
+    let key_frames: Vec<usize> = frames.iter().enumerate().filter(|(_, f)| f.key).map(|(i, _)| i).collect();
+    let mut at = 0;
+    let mut jumped: Option<Instant> = None;
+    while !frames.is_empty() {
         tick.tick().await;
-        let mut plain = f.clone();
+        let asked = out.keyframe.as_ref().is_some_and(|k| k.swap(false, Ordering::Relaxed));
+        if asked && jumped.is_none_or(|t| t.elapsed() >= KEYFRAME_GAP) {
+            at = keyframe_at_or_before(&key_frames, at);
+            jumped = Some(Instant::now());
+            stats.keyframes_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        let f = &frames[at];
+        at = (at + 1) % frames.len();
+        let mut plain = f.data.clone();
         if let Some(c) = &canary {
             plain.extend_from_slice(c);
         }
@@ -1139,6 +1248,17 @@ mod tests {
         // count the frames it skipped meanwhile.
         assert_eq!(r.record(2, 40, 90, at(1400)), 2);
         assert_eq!(r.record(2, 41, 90, at(1430)), 2);
+    }
+
+    #[test]
+    fn a_keyframe_request_resumes_at_the_last_key_frame_passed() {
+        let keys = [0, 30, 60];
+        assert_eq!(keyframe_at_or_before(&keys, 0), 0);
+        assert_eq!(keyframe_at_or_before(&keys, 29), 0);
+        assert_eq!(keyframe_at_or_before(&keys, 30), 30, "at a key frame already: stay");
+        assert_eq!(keyframe_at_or_before(&keys, 89), 60);
+        assert_eq!(keyframe_at_or_before(&[5], 2), 5, "a file that does not start with one: its first");
+        assert_eq!(keyframe_at_or_before(&[], 7), 7, "no key frame at all: go on");
     }
 
     #[test]

@@ -472,7 +472,8 @@ impl Actor {
             };
             self.unacked.push_back(m.clone());
             let id = self.id(Req::Chat(m));
-            let frame = ClientFrame::Send { id, session: self.session.clone(), mls: B64(bytes), welcome: None };
+            let frame =
+                ClientFrame::Send { id, session: self.session.clone(), mls: B64(bytes), welcome: None, seen: None };
             self.send(sink, frame).await?;
         }
         Ok(())
@@ -487,8 +488,13 @@ impl Actor {
             Ok(out) => {
                 let id = self.id(Req::Commit);
                 self.pending_commit = Some(id);
-                let frame =
-                    ClientFrame::Send { id, session: self.session.clone(), mls: B64(out.commit), welcome: None };
+                let frame = ClientFrame::Send {
+                    id,
+                    session: self.session.clone(),
+                    mls: B64(out.commit),
+                    welcome: None,
+                    seen: Some(self.cursor),
+                };
                 self.send(sink, frame).await
             }
             Err(e) => {
@@ -757,6 +763,7 @@ impl Actor {
                             session: self.session.clone(),
                             mls: B64(out.commit),
                             welcome: out.welcome.map(B64),
+                            seen: Some(self.cursor),
                         };
                         self.send(sink, frame).await
                     }

@@ -280,6 +280,30 @@ impl GroupLog {
         self.order(from, header, bytes, welcome, true)
     }
 
+    /// [`Self::submit`], for a Commit whose committer had processed the log up to (not including) `seen`: a proposal
+    /// of the current epoch at or after `seen` is one it cannot cover. The service counts every pending Remove as
+    /// done by the next Commit, so such a Commit is refused (`commit_conflict`); the committer commits again.
+    pub fn submit_seen(
+        &mut self,
+        from: &Device,
+        header: &Header,
+        bytes: Vec<u8>,
+        welcome: Option<Welcome>,
+        seen: u64,
+    ) -> Result<Accepted, DsError> {
+        let missed = header.kind == Kind::Commit
+            && self
+                .entries
+                .iter()
+                .rev()
+                .take_while(|e| e.epoch == self.epoch)
+                .any(|e| e.kind == Kind::Proposal && e.seq >= seen);
+        if missed && header.epoch == self.epoch {
+            return Err(DsError::CommitConflict { epoch: header.epoch, current: self.epoch });
+        }
+        self.order(from, header, bytes, welcome, true)
+    }
+
     /// [`Self::submit`]; a replay (`check_member` false) trusts that the stored sender was a member when the entry
     /// was accepted (its account may have been erased since, which clears the sender's user id).
     fn order(
@@ -429,6 +453,30 @@ mod tests {
         assert_eq!(g.submit(&a, &h(1, Kind::Commit), b"c1".to_vec(), None).unwrap().epoch, 2);
         assert_eq!(g.commit_of(0), Some(2));
         assert_eq!(g.commit_of(1), Some(3));
+    }
+
+    #[test]
+    fn a_commit_that_cannot_cover_a_newer_proposal_is_refused() {
+        let (t, a, b) = (dev("teacher"), dev("a"), dev("b"));
+        let mut g = GroupLog::new(b"g".to_vec(), t.clone(), vec![t.clone()]);
+        for (d, kp) in [(&a, b"kp-a"), (&b, b"kp-b")] {
+            g.propose(&h(g.epoch(), Kind::Proposal), b"add".to_vec(), Some((d.clone(), kp.to_vec())), None).unwrap();
+            let w = Welcome { bytes: vec![], recipients: vec![kp.to_vec()] };
+            g.submit(&t, &h(g.epoch(), Kind::Commit), b"c".to_vec(), Some(w)).unwrap();
+        }
+        // a leaves (seq 4); the service removes b (seq 5); the teacher committed having processed only seq 4.
+        g.propose(&h(2, Kind::Proposal), b"remove a".to_vec(), None, Some(a.clone())).unwrap();
+        g.propose(&h(2, Kind::Proposal), b"remove b".to_vec(), None, Some(b.clone())).unwrap();
+        assert_eq!(
+            g.submit_seen(&t, &h(2, Kind::Commit), b"c".to_vec(), None, 5),
+            Err(DsError::CommitConflict { epoch: 2, current: 2 })
+        );
+        assert!(g.is_member(&a) && g.is_member(&b), "a refused commit removes no one");
+        // Having processed both, it covers both.
+        let acc = g.submit_seen(&t, &h(2, Kind::Commit), b"c".to_vec(), None, 6).unwrap();
+        assert_eq!(acc.removed.len(), 2);
+        // Application messages are not held to it.
+        assert!(g.submit_seen(&t, &h(3, Kind::Application), b"m".to_vec(), None, 0).is_ok());
     }
 
     #[test]

@@ -242,6 +242,19 @@ impl<S: ExternalSigner> DeliveryService<S> {
         welcome: Option<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Accepted, DsError> {
+        self.submit_seen(group_id, from, bytes, welcome, now_ms, None)
+    }
+
+    /// [`Self::submit`] with what a Commit's sender had processed ([`GroupLog::submit_seen`]).
+    pub fn submit_seen(
+        &mut self,
+        group_id: &[u8],
+        from: &Device,
+        bytes: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        now_ms: i64,
+        seen: Option<u64>,
+    ) -> Result<Accepted, DsError> {
         let size = bytes.len() + welcome.as_ref().map_or(0, Vec::len);
         if size > self.limits.max_message {
             return Err(DsError::TooLarge { size, max: self.limits.max_message });
@@ -258,7 +271,10 @@ impl<S: ExternalSigner> DeliveryService<S> {
             None => None,
         };
         let group = self.groups.get_mut(group_id).ok_or(DsError::UnknownGroup)?;
-        let mut accepted = group.submit(from, &header, bytes, welcome)?;
+        let mut accepted = match seen {
+            Some(s) => group.submit_seen(from, &header, bytes, welcome, s)?,
+            None => group.submit(from, &header, bytes, welcome)?,
+        };
         let now_secs = u64::try_from(now_ms / 1000).unwrap_or(0);
         for d in accepted.not_covered.clone() {
             // A device with no KeyPackage left stays out until it uploads more and asks again.

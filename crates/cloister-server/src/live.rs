@@ -76,7 +76,7 @@ pub(crate) struct GroupState {
     pub(crate) staff: Vec<String>,
     /// Members the staff put on stage (they may publish media).
     pub(crate) staged: BTreeSet<String>,
-    /// Users the staff removed: they may not rejoin while the group lives (memory only: a restart forgets it).
+    /// Users the staff removed: they may not rejoin while the group lives (stored in `ds_removed`).
     pub(crate) removed: BTreeSet<String>,
 }
 
@@ -431,7 +431,7 @@ impl LiveHub {
                         custody,
                         staff: Vec::new(),
                         staged: BTreeSet::new(),
-                        removed: BTreeSet::new(),
+                        removed: g.removed.into_iter().collect(),
                     };
                     groups.insert(gid, state);
                 }
@@ -796,8 +796,8 @@ impl LiveHub {
                 }
                 ServerFrame::Ok { id, seq: Some(end), epoch: None, held: None, live: Some(live) }
             }
-            ClientFrame::Send { id, mls, welcome, .. } => {
-                match core.ds.submit(&gid, dev, mls.0, welcome.map(|w| w.0), now) {
+            ClientFrame::Send { id, mls, welcome, seen, .. } => {
+                match core.ds.submit_seen(&gid, dev, mls.0, welcome.map(|w| w.0), now, seen) {
                     Ok(acc) => {
                         self.metrics.entries.fetch_add(1, Ordering::Relaxed);
                         let reply =
@@ -811,7 +811,15 @@ impl LiveHub {
                         let _ = core.writes.send(batch);
                         return None;
                     }
-                    Err(e) => return Some(ds_refused(id, &e)),
+                    Err(e) => {
+                        if matches!(e, DsError::CommitConflict { .. }) {
+                            // It may have missed a proposal: ask again at the next tick, not a second later.
+                            if let Some(st) = core.groups.get_mut(&gid) {
+                                st.nudged = None;
+                            }
+                        }
+                        return Some(ds_refused(id, &e));
+                    }
                 }
             }
             ClientFrame::Custody { id, epoch, roster_commitment, committer_leaf, leaves, .. } => {
@@ -866,9 +874,14 @@ impl LiveHub {
                 }
                 if let Ok(session) = String::from_utf8(gid.clone()) {
                     let devices = u32::try_from(targets.len()).unwrap_or(u32::MAX);
-                    let event =
-                        AuditEvent::MemberRemoved { session, actor: dev.0.clone(), user: user.clone(), devices };
+                    let event = AuditEvent::MemberRemoved {
+                        session: session.clone(),
+                        actor: dev.0.clone(),
+                        user: user.clone(),
+                        devices,
+                    };
                     batch.writes.push(DsWrite::Evidence(Evidence::of(now, [event])));
+                    batch.writes.push(DsWrite::Removed { session, user: user.clone(), at_ms: now });
                 }
                 if let Some(st) = core.groups.get_mut(&gid) {
                     st.removed.insert(user.clone());
@@ -895,24 +908,34 @@ impl LiveHub {
 
     fn apply(&self, effects: Vec<Effect>) {
         let mut core = self.core();
+        let mut delivered = BTreeSet::new();
         for e in effects {
             match e {
                 Effect::Deliver { group, seq, welcomed, removed } => {
                     core.deliver(&group, seq, &welcomed, &removed, &self.metrics);
+                    delivered.insert(group);
                 }
                 Effect::Reply { conn, frame } => {
                     core.push(conn, encode(&frame), &self.metrics);
                 }
             }
         }
+        drop(core);
+        // A proposal just delivered (a join, a leave) is committed now rather than at the next tick.
+        self.nudge(Some(&delivered));
     }
 
-    /// Asks committers to commit where proposals wait (at most once a second per epoch).
-    fn nudge(&self) {
+    /// Asks committers to commit where proposals wait (at most once a second per epoch): in `only` the groups, or
+    /// in every group.
+    fn nudge(&self, only: Option<&BTreeSet<Vec<u8>>>) {
         let mut core = self.core();
         let now = now_ms();
         let mut asks = Vec::new();
-        for g in core.ds.groups() {
+        let groups: Vec<&GroupLog> = match only {
+            Some(o) => o.iter().filter_map(|gid| core.ds.group(gid)).collect(),
+            None => core.ds.groups().collect(),
+        };
+        for g in groups {
             if !g.commit_due() {
                 continue;
             }
@@ -1069,7 +1092,7 @@ async fn committer(hub: std::sync::Weak<LiveHub>) {
     loop {
         tick.tick().await;
         let Some(h) = hub.upgrade() else { break };
-        h.nudge();
+        h.nudge(None);
         ticks += 1;
         if ticks.is_multiple_of(300) {
             // About once a minute: expired KeyPackages leave memory (the retention engine deletes their rows).

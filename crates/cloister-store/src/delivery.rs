@@ -97,6 +97,15 @@ pub enum DsWrite {
         /// The leaf.
         leaf: u32,
     },
+    /// The session's staff removed a user: it may not rejoin while the group lives.
+    Removed {
+        /// Live session id.
+        session: String,
+        /// The removed user.
+        user: String,
+        /// When (unix ms).
+        at_ms: i64,
+    },
     /// Audit entries that go with the batch (key custody per epoch).
     Evidence(Evidence),
 }
@@ -112,6 +121,8 @@ pub struct DsGroupRow {
     pub entries: Vec<DsEntryRow>,
     /// Members' leaves.
     pub leaves: Vec<((String, String), u32)>,
+    /// Users the staff removed (barred from rejoining).
+    pub removed: Vec<String>,
 }
 
 /// Everything the delivery service stored.
@@ -259,6 +270,20 @@ macro_rules! apply_writes {
                     .await
                     .map_err(backend)?;
                 }
+                DsWrite::Removed { session, user, at_ms } => {
+                    sqlx::query(
+                        "INSERT INTO ds_removed (session_id, user_id, removed_at) \
+                         SELECT g.session_id, a.user_id, $3 FROM ds_groups g, accounts a \
+                         WHERE g.session_id = $1 AND a.user_id = $2 \
+                         ON CONFLICT (session_id, user_id) DO NOTHING",
+                    )
+                    .bind(session)
+                    .bind(user)
+                    .bind(at_ms)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(backend)?;
+                }
                 DsWrite::Evidence(evidence) => {
                     write_evidence!($tx, evidence, $lock);
                 }
@@ -332,7 +357,12 @@ macro_rules! load_all {
         .map_err(query_err)?;
         let used: Vec<(Vec<u8>,)> =
             sqlx::query_as("SELECT reference FROM ds_used_key_packages").fetch_all($p).await.map_err(query_err)?;
-        (groups, entries, leaves, kps, used)
+        let removed: Vec<(String, String)> =
+            sqlx::query_as("SELECT session_id, user_id FROM ds_removed ORDER BY session_id, removed_at, user_id")
+                .fetch_all($p)
+                .await
+                .map_err(query_err)?;
+        (groups, entries, leaves, kps, used, removed)
     }};
 }
 
@@ -361,13 +391,19 @@ impl Database {
 
     /// Everything the delivery service stored, for a restart.
     pub async fn ds_load(&self) -> Result<DsSnapshot, DatabaseError> {
-        let (groups, entries, leaves, kps, used) = match self {
+        let (groups, entries, leaves, kps, used, removed) = match self {
             Database::Sqlite(p) => load_all!(p),
             Database::Postgres(p) => load_all!(p),
         };
         let mut out: Vec<DsGroupRow> = groups
             .into_iter()
-            .map(|(session, cu, cd)| DsGroupRow { session, creator: (cu, cd), entries: vec![], leaves: vec![] })
+            .map(|(session, cu, cd)| DsGroupRow {
+                session,
+                creator: (cu, cd),
+                entries: vec![],
+                leaves: vec![],
+                removed: vec![],
+            })
             .collect();
         let index: std::collections::HashMap<String, usize> =
             out.iter().enumerate().map(|(i, g)| (g.session.clone(), i)).collect();
@@ -381,6 +417,11 @@ impl Database {
             if let Some(&i) = index.get(&session) {
                 let leaf = u32::try_from(leaf).map_err(|_| DatabaseError::Query("leaf out of range".into()))?;
                 out[i].leaves.push(((user, device), leaf));
+            }
+        }
+        for (session, user) in removed {
+            if let Some(&i) = index.get(&session) {
+                out[i].removed.push(user);
             }
         }
         Ok(DsSnapshot { groups: out, key_packages: kps, used_references: used.into_iter().map(|(r,)| r).collect() })

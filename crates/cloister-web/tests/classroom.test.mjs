@@ -2,7 +2,8 @@
 // both students decode the teacher's camera and then the screen share; chat, questions and raised hands appear in
 // the same order for everyone; all show the same safety code. Then: a learner who is not enrolled is refused,
 // a receiver with a wrong key decodes nothing and warns, a dropped connection comes back without a reload and
-// without losing chat, and a student the teacher removes stops decoding. Screenshots go to test-artifacts/.
+// without losing chat, a student the teacher removes stops decoding, and the video layer follows the window's
+// width. Screenshots go to test-artifacts/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -224,6 +225,31 @@ test("teacher and two students: camera, screen, chat, Q&A, hands, safety code", 
   }
 });
 
+test("the layer follows the window: a phone-width student gets the lowest, a desktop-width one a higher", { timeout: 120_000 }, async () => {
+  const { teacher, s1 } = people;
+  // What the teacher encodes per layer (Chrome may scale a layer down under load) and what the student decodes.
+  const sizes = async () => {
+    const out = (await debug(teacher.page, "outbound")) ?? [];
+    const q = out.find((l) => l.rid === "q")?.width ?? 0;
+    const got = ((await debug(s1.page, "widths")) ?? {})["teacher:camera"] ?? 0;
+    return { q, got, layers: out.map((l) => `${l.rid} ${l.width}`).join(", ") };
+  };
+  // Each throws what it saw when it does not hold, so a timeout says where the layers were.
+  const check = (ok) => async () => {
+    const s = await sizes();
+    if (!ok(s)) throw new Error(`student decodes width ${s.got}; teacher encodes ${s.layers}`);
+    return s;
+  };
+  const above = check((s) => s.q > 0 && s.got > s.q);
+  const lowest = check((s) => s.q > 0 && s.got > 0 && s.got <= s.q);
+  await s1.page.setViewportSize({ width: 1280, height: 800 });
+  await until("a desktop-width student above the lowest layer", above, 45_000);
+  await s1.page.setViewportSize({ width: 390, height: 844 });
+  await until("a phone-width student on the lowest layer", lowest, 45_000);
+  await s1.page.setViewportSize({ width: 1280, height: 800 });
+  await until("back at desktop width, above the lowest layer again", above, 45_000);
+});
+
 test("keyboard and labels: every control is named, tabs move with arrow keys, focus is visible", { timeout: 60_000 }, async () => {
   for (const p of [people.teacher.page, people.s1.page]) {
     const unnamed = await p.evaluate(() =>
@@ -313,6 +339,17 @@ test("after a network drop the room reconnects without a reload and loses no cha
   await until("s1 decodes the teacher's camera again", async () => ((await decoded(s1.page))["teacher:camera"] ?? 0) > 30, 60_000);
 });
 
+/** After the teacher's page came back: its chat reaches the student, the student decodes a camera track that is
+ * not among `mids` (the ones before), and both show the same safety code. */
+async function teacherIsBack({ teacher, s1 }, text, mids) {
+  await teacher.page.getByRole("textbox", { name: "Message" }).fill(text);
+  await teacher.page.getByRole("textbox", { name: "Message" }).press("Enter");
+  await until(`the teacher's "${text}" arrives`, async () => (await chatTexts(s1.page)).some((t) => t.endsWith(text)));
+  await until("the student decodes the teacher's new camera track", async () =>
+    (await debug(s1.page, "receivers")).some((r) => !mids.has(r.key) && r.source === "camera" && r.opened > 30), 60_000);
+  assert.equal(await debug(s1.page, "safetyCode"), await debug(teacher.page, "safetyCode"));
+}
+
 test("the teacher reloads the page: the same device is back in the group, with a fresh epoch, chat and video", { timeout: 120_000 }, async () => {
   const { teacher, s1 } = people;
   const device = await debug(teacher.page, "device");
@@ -323,12 +360,21 @@ test("the teacher reloads the page: the same device is back in the group, with a
   assert.equal(await debug(teacher.page, "device"), device, "the same device, restored from the tab's storage");
   assert.ok((await chatTexts(teacher.page)).some((t) => t.endsWith("Welcome, everyone")), "the chat shown before the reload is still shown");
   await until("a fresh epoch from the restored member's own commit", async () => (await debug(teacher.page, "epoch")) > epoch, 30_000);
-  await teacher.page.getByRole("textbox", { name: "Message" }).fill("back after a reload");
-  await teacher.page.getByRole("textbox", { name: "Message" }).press("Enter");
-  await until("the teacher's message after the reload arrives", async () => (await chatTexts(s1.page)).some((t) => t.endsWith("back after a reload")));
-  await until("the student decodes the teacher's new camera track", async () =>
-    (await debug(s1.page, "receivers")).some((r) => !mids.has(r.key) && r.source === "camera" && r.opened > 30), 60_000);
-  assert.equal(await debug(s1.page, "safetyCode"), await debug(teacher.page, "safetyCode"));
+  await teacherIsBack(people, "back after a reload", mids);
+});
+
+test("the teacher closes the tab and opens the session again: the same device is back, with chat and video", { timeout: 120_000 }, async () => {
+  const { teacher, s1 } = people;
+  const device = await debug(teacher.page, "device");
+  const mids = new Set((await debug(s1.page, "receivers")).map((r) => r.key));
+  await teacher.page.close();
+  teacher.page = await teacher.ctx.newPage();
+  teacher.page.on("pageerror", (e) => console.error("[page error]", e.message));
+  await teacher.page.goto(people.liveUrl);
+  await until("the teacher is live again", async () => (await debug(teacher.page, "status")) === "live", 30_000);
+  assert.equal(await debug(teacher.page, "device"), device, "the same device, from this browser's storage");
+  assert.ok((await chatTexts(teacher.page)).some((t) => t.endsWith("back after a reload")), "the chat shown before is shown again");
+  await teacherIsBack(people, "back in a new tab", mids);
 });
 
 test("a student the teacher removes stops decoding after the next epoch", { timeout: 90_000 }, async () => {

@@ -1,5 +1,6 @@
 // Across implementations, through the real server: the native client (webrtc-rs) publishes and a browser
-// student decodes; a browser teacher publishes and the native client opens every frame it gets.
+// student decodes; a browser teacher publishes and the native client opens every frame it gets, also after the
+// teacher reloads (the SFU stops all of the native connection's m-lines, then offers new ones).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -105,6 +106,13 @@ test("a browser teacher publishes and the native client opens the frames", { tim
   }, 90_000);
   assert.equal(st.video_failed, 0, `no video frame failed to open: ${JSON.stringify(st)}`);
   assert.equal(st.audio_failed, 0, `no audio frame failed to open: ${JSON.stringify(st)}`);
+  // The teacher reloads the page: its publish connection goes, so the SFU stops every m-line of the native client's
+  // subscribe connection, then publishes again from a new epoch on new tracks, which the native client opens.
+  await t.page.reload();
+  await until("the native client opens the video of the reloaded teacher", async () => {
+    const s = watcher.stats();
+    return s !== null && s.video_opened > st.video_opened + 60 && s.audio_opened > st.audio_opened + 30 ? s : null;
+  }, 90_000);
   watcher.stop();
   await t.ctx.close();
 });

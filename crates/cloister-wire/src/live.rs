@@ -106,6 +106,11 @@ pub enum ClientFrame {
         /// The Welcome for the devices the Commit adds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         welcome: Option<B64>,
+        /// For a Commit: the sequence number after the last log entry its committer had processed. A proposal of the
+        /// epoch ordered at or after it is one the Commit cannot cover, so the Commit is refused (`commit_conflict`)
+        /// rather than leave the service thinking a member was removed that the group still holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<u64>,
     },
     /// After a winning Commit: the key-custody record of the epoch it made, and the leaves of the devices it added.
     Custody {
@@ -392,7 +397,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_unknown_fields_are_refused() {
-        let f = ClientFrame::Send { id: 7, session: "s".into(), mls: B64(vec![0, 1, 255]), welcome: None };
+        let f = ClientFrame::Send { id: 7, session: "s".into(), mls: B64(vec![0, 1, 255]), welcome: None, seen: None };
         let j = serde_json::to_string(&f).unwrap();
         assert_eq!(j, r#"{"t":"send","id":7,"session":"s","mls":"AAH/"}"#);
         assert_eq!(serde_json::from_str::<ClientFrame>(&j).unwrap(), f);

@@ -377,12 +377,15 @@ export class Media {
   }
 
   /** framesDecoded of each received video track (from getStats), by mid. */
-  async decoded(): Promise<Record<string, number>> {
-    const out: Record<string, number> = {};
+  /** Per received video mid: frames decoded and the width of the last one (0 before any). */
+  async inboundVideo(): Promise<Record<string, { decoded: number; width: number }>> {
+    const out: Record<string, { decoded: number; width: number }> = {};
     if (this.sub === null) return out;
     const stats = await this.sub.getStats();
-    stats.forEach((s: { type: string; kind?: string; mid?: string; framesDecoded?: number }) => {
-      if (s.type === "inbound-rtp" && s.kind === "video" && s.mid !== undefined) out[s.mid] = s.framesDecoded ?? 0;
+    stats.forEach((s: { type: string; kind?: string; mid?: string; framesDecoded?: number; frameWidth?: number }) => {
+      if (s.type === "inbound-rtp" && s.kind === "video" && s.mid !== undefined) {
+        out[s.mid] = { decoded: s.framesDecoded ?? 0, width: s.frameWidth ?? 0 };
+      }
     });
     return out;
   }

@@ -9,6 +9,7 @@
 import { api, ApiError } from "./api";
 import { Client, loadCore } from "./core";
 import type { AppMessage, ClientFrame, EpochInfo, LeafReport, ServerFrame, Unsent } from "./wire";
+import { stamped } from "./store";
 import { b64, unb64 } from "./wire";
 
 export type RoomStatus = "connecting" | "joining" | "live" | "reconnecting" | "removed" | "closed" | "refused";
@@ -89,18 +90,20 @@ export class Room {
     readonly user: string,
     readonly host: boolean,
     private readonly on: RoomEvents,
+    /** localStorage when this tab owns the room's state (see store.ts), else sessionStorage. */
+    private readonly storage: Storage,
   ) {
     this.device = "web-" + Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  /** Where this tab keeps the group state across a reload (sessionStorage: gone when the tab closes). */
+  /** Where the group state is kept across a reload or a closed tab. */
   private get storeKey(): string {
     return `cloister.room.${this.session}.${this.user}`;
   }
 
   async start(): Promise<void> {
     await loadCore();
-    const saved = sessionStorage.getItem(this.storeKey);
+    const saved = this.storage.getItem(this.storeKey);
     if (saved !== null) {
       try {
         const s = JSON.parse(saved) as { device: string; cursor: number; state: string };
@@ -115,7 +118,7 @@ export class Room {
         this.roster = new Set(info.roster.map((r) => `${r.user_id}\u0000${r.device_id}`));
         this.newEpoch(info, false);
       } catch {
-        sessionStorage.removeItem(this.storeKey);
+        this.storage.removeItem(this.storeKey);
         this.client = null;
       }
     }
@@ -136,14 +139,14 @@ export class Room {
     if (!this.inGroup || this.client === null || this.stopped) return;
     try {
       const state = b64(this.client.save());
-      sessionStorage.setItem(this.storeKey, JSON.stringify({ device: this.device, cursor: this.cursor, state }));
+      this.storage.setItem(this.storeKey, stamped({ device: this.device, cursor: this.cursor, state }));
     } catch {
       /* storage full or unavailable: a reload then joins afresh */
     }
   };
 
   private forget(): void {
-    sessionStorage.removeItem(this.storeKey);
+    this.storage.removeItem(this.storeKey);
   }
 
   /** Sends an application message; it waits in the outbox while offline or while a commit is pending. */
@@ -304,7 +307,7 @@ export class Room {
       const id = this.req({ k: "rekey" });
       this.pendingCommit = id;
       this.needRekey = false;
-      this.raw({ t: "send", id, session: this.session, mls: b64(commit) });
+      this.raw({ t: "send", id, session: this.session, mls: b64(commit), seen: this.cursor });
     } catch (e) {
       this.on.refused("mls_commit", String(e));
     }
@@ -499,7 +502,7 @@ export class Room {
         const welcome = c.take_welcome();
         const id = this.req({ k: "commit" });
         this.pendingCommit = id;
-        const frame: ClientFrame = { t: "send", id, session: this.session, mls: b64(commit) };
+        const frame: ClientFrame = { t: "send", id, session: this.session, mls: b64(commit), seen: this.cursor };
         if (welcome !== undefined) frame.welcome = b64(welcome);
         this.raw(frame);
         return;

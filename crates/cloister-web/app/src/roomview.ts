@@ -4,6 +4,7 @@ import { api, ApiError, type Me } from "./api";
 import { Media, type Remote, type Source } from "./media";
 import type { ReceiverStats } from "./e2ee-worker";
 import { Room, type RoomStatus } from "./room";
+import { openRoomStore, stamped, type RoomStore } from "./store";
 import { clear, errorLine, h, mount, short, toast } from "./ui";
 import type { AppMessage, EpochInfo, ServerFrame } from "./wire";
 
@@ -16,7 +17,7 @@ interface Question {
   answered: boolean;
 }
 
-let current: { room: Room; media: Media; timer: number; onResize: () => void } | null = null;
+let current: { room: Room; media: Media; store: RoomStore; timer: number; onResize: () => void } | null = null;
 
 export function leaveRoom(): void {
   if (current === null) return;
@@ -24,6 +25,7 @@ export function leaveRoom(): void {
   window.removeEventListener("resize", current.onResize);
   current.media.close();
   current.room.close();
+  current.store.release();
   current = null;
   delete (window as { cloisterDebug?: unknown }).cloisterDebug;
 }
@@ -32,7 +34,6 @@ function layerForWidth(w: number): number {
   return w < 600 ? 0 : w < 1024 ? 1 : 2;
 }
 
-/** Milliseconds since navigation start at each step of joining (the first-frame benchmark reads them). */
 /** A one-line form that sends its input's trimmed text (when not empty) and clears it. */
 function sendForm(input: HTMLInputElement, label: string, send: (text: string) => void): HTMLFormElement {
   return h(
@@ -52,7 +53,6 @@ function sendForm(input: HTMLInputElement, label: string, send: (text: string) =
   );
 }
 
-const marks: Record<string, number> = {};
 /** Shows a local track in a preview element, keeping its stream while the track is the same; whether one shows. */
 function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boolean {
   if (track === undefined) el.srcObject = null;
@@ -60,6 +60,8 @@ function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boo
   return track !== undefined;
 }
 
+/** Milliseconds since navigation start at each step of joining (the first-frame benchmark reads them). */
+const marks: Record<string, number> = {};
 function mark(name: string): void {
   marks[name] ??= Math.round(performance.now());
 }
@@ -85,7 +87,9 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
     status.className = "error";
     status.setAttribute("role", "alert");
     status.textContent =
-      e instanceof ApiError && e.status === 403
+      e instanceof ApiError && e.code === "removed_from_session"
+        ? "The session's staff removed you from this live session."
+        : e instanceof ApiError && e.status === 403
         ? "You are not enrolled in this course, so you cannot join its live session. Enroll on the course page first."
         : e instanceof ApiError && e.code === "session_full"
           ? "This live session is full."
@@ -96,6 +100,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
     return;
   }
   const teacher = courseTeachers.includes(me.user_id);
+  const store = await openRoomStore(sessionId, me.user_id);
 
   // --- state
   const names = new Map<string, string>();
@@ -112,11 +117,11 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
   let myName = localStorage.getItem("cloister.name") ?? "";
   let announced = false;
 
-  // What this tab showed before a reload (names, chat, questions, hands): the group state comes back from the tab's
-  // storage, but messages of past epochs cannot be read again, so the page keeps what it had shown.
+  // What the page showed before a reload or a closed tab (names, chat, questions, hands): the group state comes back
+  // from the room's storage, but messages of past epochs cannot be read again, so the page keeps what it had shown.
   const uiKey = `cloister.ui.${sessionId}.${me.user_id}`;
   try {
-    const saved = JSON.parse(sessionStorage.getItem(uiKey) ?? "null") as {
+    const saved = JSON.parse(store.storage.getItem(uiKey) ?? "null") as {
       names: [string, string][];
       chat: { seq: number; from: string; text: string }[];
       questions: (Omit<Question, "upvotes"> & { upvotes: string[] })[];
@@ -129,7 +134,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
       for (const [u, seq] of saved.hands) hands.set(u, seq);
     }
   } catch {
-    sessionStorage.removeItem(uiKey);
+    store.storage.removeItem(uiKey);
   }
   let uiTimer: number | null = null;
   const keepUi = () => {
@@ -143,7 +148,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
         hands: [...hands],
       };
       try {
-        sessionStorage.setItem(uiKey, JSON.stringify(state));
+        store.storage.setItem(uiKey, stamped(state));
       } catch {
         /* storage full: a reload shows less */
       }
@@ -189,7 +194,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
         if (teacher) void media.publish({ camera: true, mic: true }).then(() => syncButtons());
       }
       if (s === "removed") {
-        sessionStorage.removeItem(uiKey);
+        store.storage.removeItem(uiKey);
         media.close();
         err.set("The teacher removed you from this session.");
       }
@@ -216,7 +221,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
       media.post({ t: "key", epoch, leaf, key, send }, [key.buffer]);
     },
     reconnected: () => void media.reconnect(),
-  });
+  }, store.storage);
 
   const media = new Media(sessionId, {
     signal: (f) => room.sendMedia(f),
@@ -603,9 +608,21 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
   window.addEventListener("resize", onResize);
   media.setPrefs(layerForWidth(window.innerWidth), true);
   const timer = window.setInterval(renderIndicator, 1000);
-  current = { room, media, timer, onResize };
+  current = { room, media, store, timer, onResize };
 
   // A read-only handle for tests and for the curious (nothing secret: counts, the safety code, states).
+  /** Per-mid figures keyed `teacher:camera` (a course teacher) or `<device>:<source>`, the largest where two share one. */
+  const bySender = <T>(byMid: Record<string, T>, value: (v: T) => number): Record<string, number> => {
+    const out: Record<string, number> = {};
+    for (const [mid, v] of Object.entries(byMid)) {
+      const r = media.remote(mid);
+      if (r === undefined) continue;
+      const u = deviceUser(r.device);
+      const key = `${u !== undefined && courseTeachers.includes(u) ? "teacher" : r.device}:${r.source}`;
+      out[key] = Math.max(out[key] ?? 0, value(v));
+    }
+    return out;
+  };
   (window as { cloisterDebug?: unknown }).cloisterDebug = {
     status: () => lastStatus,
     marks: () => ({ ...marks }),
@@ -614,18 +631,8 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
     device: () => room.device,
     indicator: () => indicator.textContent,
     receivers: () => receivers,
-    decoded: async () => {
-      const byMid = await media.decoded();
-      const out: Record<string, number> = {};
-      for (const [mid, n] of Object.entries(byMid)) {
-        const r = media.remote(mid);
-        if (r === undefined) continue;
-        const u = deviceUser(r.device);
-        const key = `${u !== undefined && courseTeachers.includes(u) ? "teacher" : r.device}:${r.source}`;
-        out[key] = Math.max(out[key] ?? 0, n);
-      }
-      return out;
-    },
+    decoded: async () => bySender(await media.inboundVideo(), (v) => v.decoded),
+    widths: async () => bySender(await media.inboundVideo(), (v) => v.width),
     wrongKey: () => {
       const c = info;
       if (c !== null) media.post({ t: "wrong_key", epoch: BigInt(c.epoch), leaf: c.roster.find((r) => r.device_id === room.device)?.leaf ?? 0 });

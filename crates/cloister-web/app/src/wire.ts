@@ -22,7 +22,7 @@ export type ClientFrame =
   | { t: "create"; id: number; session: string }
   | { t: "join"; id: number; session: string }
   | { t: "subscribe"; id: number; session: string; from: number }
-  | { t: "send"; id: number; session: string; mls: string; welcome?: string }
+  | { t: "send"; id: number; session: string; mls: string; welcome?: string; seen?: number }
   | {
       t: "custody";
       id: number;
