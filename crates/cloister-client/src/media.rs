@@ -7,7 +7,7 @@
 //! SFU offers. Signaling goes through the participant's WebSocket ([`MediaLink`]).
 //!
 //! The files loop. A key frame request (PLI or FIR) for a layer makes that layer go back to the last key frame it
-//! passed in its file (at most one jump every [`KEYFRAME_GAP`]), so a subscriber that joins or a layer switch gets a
+//! passed in its file (at most one jump every 300 ms), so a subscriber that joins or a layer switch gets a
 //! key frame at once rather than at the file's next one (they come every second).
 
 use crate::participant::{MediaInbound, MediaLink, MEDIA_ID_BASE};
