@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
             ds.create_group(G, teacher.clone(), vec![teacher.clone()]).unwrap();
             let start = Instant::now();
             for i in 0..iters {
-                ds.submit(G, &teacher, message.clone(), None, i as i64).unwrap();
+                ds.submit(G, &teacher, message.clone(), None, i as i64, None).unwrap();
             }
             start.elapsed()
         })

@@ -90,6 +90,10 @@ pub struct GroupLog {
     pending_joins: Vec<PendingJoin>,
     /// Removes proposed in the current epoch.
     pending_removes: BTreeSet<Device>,
+    /// Whether a proposal (the service's or a member's) of the current epoch waits for a Commit.
+    proposal_pending: bool,
+    /// The seq of the service's last Remove proposal in the current epoch.
+    last_remove: Option<u64>,
     /// Welcomes waiting for their device: the seq of the Commit whose entry holds it.
     welcomes: BTreeMap<Device, u64>,
     /// Commits accepted, by the epoch they ended (for the invariant checks and the custody record).
@@ -112,6 +116,8 @@ impl GroupLog {
             connected: BTreeSet::new(),
             pending_joins: Vec::new(),
             pending_removes: BTreeSet::new(),
+            proposal_pending: false,
+            last_remove: None,
             welcomes: BTreeMap::new(),
             commits: BTreeMap::new(),
             leaves: BTreeMap::from([(creator, 0)]),
@@ -222,7 +228,7 @@ impl GroupLog {
 
     /// Whether proposals of the current epoch wait for a Commit.
     pub fn commit_due(&self) -> bool {
-        self.entries.iter().rev().take_while(|e| e.epoch == self.epoch).any(|e| e.kind == Kind::Proposal)
+        self.proposal_pending
     }
 
     /// Devices with an Add proposed and not yet covered.
@@ -257,10 +263,12 @@ impl GroupLog {
                 epoch: self.epoch,
             });
         }
+        let seq = self.next_seq();
         if let Some(device) = &remove {
             self.pending_removes.insert(device.clone());
+            self.last_remove = Some(seq);
         }
-        let seq = self.append(header, Sender::Service, bytes);
+        self.append(header, Sender::Service, bytes);
         if let Some(e) = self.entries.last_mut() {
             (e.join, e.remove) = (join, remove);
         }
@@ -280,9 +288,10 @@ impl GroupLog {
         self.order(from, header, bytes, welcome, true)
     }
 
-    /// [`Self::submit`], for a Commit whose committer had processed the log up to (not including) `seen`: a proposal
-    /// of the current epoch at or after `seen` is one it cannot cover. The service counts every pending Remove as
-    /// done by the next Commit, so such a Commit is refused (`commit_conflict`); the committer commits again.
+    /// [`Self::submit`], for a Commit whose committer had processed the log up to (not including) `seen`: a Remove the
+    /// service proposed in the current epoch at or after `seen` is one it cannot cover. The service counts every
+    /// pending Remove as done by the next Commit, so such a Commit is refused (`commit_conflict`) and the committer
+    /// commits again. A missed Add needs no refusal: it is reported in [`Accepted::not_covered`] and proposed again.
     pub fn submit_seen(
         &mut self,
         from: &Device,
@@ -291,13 +300,7 @@ impl GroupLog {
         welcome: Option<Welcome>,
         seen: u64,
     ) -> Result<Accepted, DsError> {
-        let missed = header.kind == Kind::Commit
-            && self
-                .entries
-                .iter()
-                .rev()
-                .take_while(|e| e.epoch == self.epoch)
-                .any(|e| e.kind == Kind::Proposal && e.seq >= seen);
+        let missed = header.kind == Kind::Commit && self.last_remove.is_some_and(|r| r >= seen);
         if missed && header.epoch == self.epoch {
             return Err(DsError::CommitConflict { epoch: header.epoch, current: self.epoch });
         }
@@ -343,6 +346,7 @@ impl GroupLog {
         if header.kind == Kind::Commit {
             self.commits.insert(self.epoch, seq);
             self.epoch += 1;
+            (self.proposal_pending, self.last_remove) = (false, None);
             out.epoch = self.epoch;
             let recipients = welcome.as_ref().map(|w| w.recipients.clone()).unwrap_or_default();
             for p in std::mem::take(&mut self.pending_joins) {
@@ -394,6 +398,9 @@ impl GroupLog {
 
     fn append(&mut self, header: &Header, sender: Sender, bytes: Vec<u8>) -> u64 {
         let seq = self.entries.len() as u64;
+        if header.kind == Kind::Proposal {
+            self.proposal_pending = true;
+        }
         self.entries.push(Entry {
             seq,
             epoch: header.epoch,
@@ -477,6 +484,15 @@ mod tests {
         assert_eq!(acc.removed.len(), 2);
         // Application messages are not held to it.
         assert!(g.submit_seen(&t, &h(3, Kind::Application), b"m".to_vec(), None, 0).is_ok());
+        // A missed Add is not refused: it is reported and proposed again.
+        assert!(!g.commit_due());
+        let c = dev("c");
+        let seen = g.next_seq();
+        g.propose(&h(3, Kind::Proposal), b"add c".to_vec(), Some((c.clone(), b"kp-c".to_vec())), None).unwrap();
+        assert!(g.commit_due());
+        let acc = g.submit_seen(&t, &h(3, Kind::Commit), b"c".to_vec(), None, seen).unwrap();
+        assert_eq!(acc.not_covered, vec![c]);
+        assert!(!g.commit_due(), "a new epoch has nothing pending");
     }
 
     #[test]

@@ -233,20 +233,10 @@ impl<S: ExternalSigner> DeliveryService<S> {
 
     /// Orders a member's message (`welcome` only with a Commit). Size and rate limits first, then the group's
     /// rules; devices whose Add the winning Commit did not cover are proposed again in the new epoch, each with a
-    /// fresh KeyPackage. A refusal changes nothing but the sender's rate budget.
+    /// fresh KeyPackage. `seen`, for a Commit, is the seq after the last entry its sender had processed
+    /// ([`GroupLog::submit_seen`]); without it the Commit is held to the epoch only. A refusal changes nothing but
+    /// the sender's rate budget.
     pub fn submit(
-        &mut self,
-        group_id: &[u8],
-        from: &Device,
-        bytes: Vec<u8>,
-        welcome: Option<Vec<u8>>,
-        now_ms: i64,
-    ) -> Result<Accepted, DsError> {
-        self.submit_seen(group_id, from, bytes, welcome, now_ms, None)
-    }
-
-    /// [`Self::submit`] with what a Commit's sender had processed ([`GroupLog::submit_seen`]).
-    pub fn submit_seen(
         &mut self,
         group_id: &[u8],
         from: &Device,

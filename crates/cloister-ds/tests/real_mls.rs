@@ -73,7 +73,7 @@ impl Client {
         let g = self.group.as_mut().unwrap();
         if g.pending_proposals() > 0 {
             let out = g.commit_pending(&self.provider).unwrap();
-            let acc = ds.submit(G, &self.device, out.commit, out.welcome, now_ms).unwrap();
+            let acc = ds.submit(G, &self.device, out.commit, out.welcome, now_ms, None).unwrap();
             g.confirm_commit(&self.provider, now_ms).unwrap();
             self.cursor = acc.seq + 1;
         }
@@ -118,7 +118,7 @@ fn run(seed: u64) {
             c.catch_up(&ds, now_ms);
             let text = format!("hello {seed} {}", said.len());
             let bytes = c.group.as_mut().unwrap().send(&c.provider, &AppMessage::Chat { text: text.clone() }).unwrap();
-            ds.submit(G, &c.device, bytes, None, now_ms).unwrap();
+            ds.submit(G, &c.device, bytes, None, now_ms, None).unwrap();
             said.push(text);
         }
     }
@@ -137,11 +137,11 @@ fn run(seed: u64) {
     let ca = a.group.as_mut().unwrap().self_update(&a.provider).unwrap();
     let cb = b.group.as_mut().unwrap().self_update(&b.provider).unwrap();
     let epoch = ds.group(G).unwrap().epoch();
-    let first = ds.submit(G, &a.device, ca.commit, None, now_ms).unwrap();
+    let first = ds.submit(G, &a.device, ca.commit, None, now_ms, None).unwrap();
     a.group.as_mut().unwrap().confirm_commit(&a.provider, now_ms).unwrap();
     a.cursor = first.seq + 1;
     assert_eq!(
-        ds.submit(G, &b.device, cb.commit, None, now_ms),
+        ds.submit(G, &b.device, cb.commit, None, now_ms, None),
         Err(DsError::CommitConflict { epoch, current: epoch + 1 }),
         "the second commit for the epoch loses"
     );
@@ -184,9 +184,9 @@ fn malformed_bytes_unknown_groups_and_oversize_messages_are_refused_with_codes()
     ds.create_group(G, t.clone(), vec![t.clone()]).unwrap();
     assert_eq!(ds.create_group(G, t.clone(), vec![]), Err(DsError::GroupExists));
     let now = (now_s() * 1000) as i64;
-    assert_eq!(ds.submit(G, &t, vec![1, 2, 3], None, now).unwrap_err().code(), "mls_malformed");
-    assert_eq!(ds.submit(b"nope", &t, vec![0; 10], None, now).unwrap_err().code(), "mls_malformed");
-    assert_eq!(ds.submit(G, &t, vec![0; 1001], None, now).unwrap_err().code(), "message_too_large");
+    assert_eq!(ds.submit(G, &t, vec![1, 2, 3], None, now, None).unwrap_err().code(), "mls_malformed");
+    assert_eq!(ds.submit(b"nope", &t, vec![0; 10], None, now, None).unwrap_err().code(), "mls_malformed");
+    assert_eq!(ds.submit(G, &t, vec![0; 1001], None, now, None).unwrap_err().code(), "message_too_large");
     assert_eq!(ds.join(b"nope", &t, now_s()).unwrap_err().code(), "unknown_group");
     assert_eq!(ds.join(G, &("x".into(), "d".into()), now_s()).unwrap_err().code(), "no_key_package");
     // A KeyPackage can be uploaded once only.
@@ -201,13 +201,13 @@ fn malformed_bytes_unknown_groups_and_oversize_messages_are_refused_with_codes()
     // A flood from one device is throttled; others are not.
     let mut refused = 0;
     for i in 0..200 {
-        if let Err(DsError::RateLimited { .. }) = ds.submit(G, &t, vec![1], None, now + i) {
+        if let Err(DsError::RateLimited { .. }) = ds.submit(G, &t, vec![1], None, now + i, None) {
             refused += 1;
         }
     }
     assert!(refused > 100, "{refused}");
     assert_eq!(
-        ds.submit(G, &s, vec![1], None, now).unwrap_err().code(),
+        ds.submit(G, &s, vec![1], None, now, None).unwrap_err().code(),
         "mls_malformed",
         "another device still gets an answer"
     );

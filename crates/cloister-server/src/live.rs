@@ -797,7 +797,7 @@ impl LiveHub {
                 ServerFrame::Ok { id, seq: Some(end), epoch: None, held: None, live: Some(live) }
             }
             ClientFrame::Send { id, mls, welcome, seen, .. } => {
-                match core.ds.submit_seen(&gid, dev, mls.0, welcome.map(|w| w.0), now, seen) {
+                match core.ds.submit(&gid, dev, mls.0, welcome.map(|w| w.0), now, seen) {
                     Ok(acc) => {
                         self.metrics.entries.fetch_add(1, Ordering::Relaxed);
                         let reply =

@@ -339,14 +339,41 @@ test("after a network drop the room reconnects without a reload and loses no cha
   await until("s1 decodes the teacher's camera again", async () => ((await decoded(s1.page))["teacher:camera"] ?? 0) > 30, 60_000);
 });
 
+test("a failed media path comes back on its own: the SFU ends the silent connections and the pages make new ones", { timeout: 120_000 }, async () => {
+  const { teacher, s1 } = people;
+  const pub = (await debug(teacher.page, "mediaStates")).publishPeer;
+  const sub = (await debug(s1.page, "mediaStates")).subscribePeer;
+  const mids = new Set((await debug(s1.page, "receivers")).map((r) => r.key));
+  await teacher.page.evaluate(() => window.cloisterDebug.dropMediaPaths());
+  await s1.page.evaluate(() => window.cloisterDebug.dropMediaPaths());
+  await until("both pages have new media connections", async () => {
+    const [t, s] = [await debug(teacher.page, "mediaStates"), await debug(s1.page, "mediaStates")];
+    if (t.publishPeer !== null && t.publishPeer !== pub && s.subscribePeer !== null && s.subscribePeer !== sub) return true;
+    throw new Error(JSON.stringify({ teacher: t, s1: s }));
+  }, 60_000);
+  await until("s1 decodes the teacher's camera on the new connections", async () => {
+    const receivers = await debug(s1.page, "receivers");
+    if (receivers.some((r) => !mids.has(r.key) && r.source === "camera" && r.opened > 30)) return true;
+    throw new Error(JSON.stringify(receivers));
+  }, 60_000);
+  assert.equal(await debug(teacher.page, "status"), "live", "the room itself never went away");
+});
+
 /** After the teacher's page came back: its chat reaches the student, the student decodes a camera track that is
  * not among `mids` (the ones before), and both show the same safety code. */
 async function teacherIsBack({ teacher, s1 }, text, mids) {
   await teacher.page.getByRole("textbox", { name: "Message" }).fill(text);
   await teacher.page.getByRole("textbox", { name: "Message" }).press("Enter");
   await until(`the teacher's "${text}" arrives`, async () => (await chatTexts(s1.page)).some((t) => t.endsWith(text)));
-  await until("the student decodes the teacher's new camera track", async () =>
-    (await debug(s1.page, "receivers")).some((r) => !mids.has(r.key) && r.source === "camera" && r.opened > 30), 60_000);
+  await until("the student decodes the teacher's new camera track", async () => {
+    const receivers = await debug(s1.page, "receivers");
+    if (receivers.some((r) => !mids.has(r.key) && r.source === "camera" && r.opened > 30)) return true;
+    // What both pages see, for the failure message.
+    const seen = { before: [...mids], receivers, decoded: await decoded(s1.page), student: await debug(s1.page, "mediaStates"),
+      teacher: await debug(teacher.page, "mediaStates"), outbound: await debug(teacher.page, "outbound"),
+      epochs: [await debug(teacher.page, "epoch"), await debug(s1.page, "epoch")] };
+    throw new Error(JSON.stringify(seen));
+  }, 60_000);
   assert.equal(await debug(s1.page, "safetyCode"), await debug(teacher.page, "safetyCode"));
 }
 

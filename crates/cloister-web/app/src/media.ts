@@ -36,6 +36,12 @@ type Legacy = (RTCRtpSender | RTCRtpReceiver) & { createEncodedStreams?: () => {
 
 const scriptTransform = typeof (globalThis as { RTCRtpScriptTransform?: unknown }).RTCRtpScriptTransform === "function";
 
+/** Why the SFU ended a connection when the path failed rather than the right to it: the page makes the connection
+ * again, after a backoff. */
+const TRANSIENT = new Set(["disconnected", "ice_timeout", "internal_error", "media_unavailable"]);
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 8000;
+
 function gathered(pc: RTCPeerConnection): Promise<void> {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -71,6 +77,9 @@ export class Media {
   private remotes = new Map<string, Remote>();
   private prefs = { maxLayer: 2, video: true };
   private publishing = false;
+  private ended = false;
+  /** Pending remakes of a failed connection and how many failed in a row (reset once one is answered). */
+  private retry = { sub: null as number | null, pub: null as number | null, subFails: 0, pubFails: 0 };
 
   constructor(
     readonly session: string,
@@ -193,6 +202,8 @@ export class Media {
 
   /** Stops publishing (taken off stage). */
   unpublish(): void {
+    if (this.retry.pub !== null) window.clearTimeout(this.retry.pub);
+    this.retry.pub = null;
     for (const t of this.tracks.values()) t.stop();
     this.tracks.clear();
     this.senders.clear();
@@ -255,12 +266,14 @@ export class Media {
       case "media_answer":
         if (f.id === this.pubRequest && this.pub !== null) {
           this.pubPeer = f.peer;
+          this.retry.pubFails = 0;
           await this.pub.setRemoteDescription({ type: "answer", sdp: f.sdp });
         }
         return;
       case "media_opened":
         if (f.id === this.subRequest) {
           this.subPeer = f.peer;
+          this.retry.subFails = 0;
           if (this.prefs.maxLayer !== 2 || !this.prefs.video) this.setPrefs(this.prefs.maxLayer, this.prefs.video);
         }
         return;
@@ -290,9 +303,20 @@ export class Media {
         return;
       }
       case "media_closed":
-        if (f.peer === this.subPeer) this.resetSubscribe();
+        if (f.peer === this.subPeer) {
+          this.resetSubscribe();
+          if (TRANSIENT.has(f.code)) this.again("sub");
+        }
         if (f.peer === this.pubPeer) {
           const was = this.publishing;
+          if (was && TRANSIENT.has(f.code)) {
+            // The path failed: publish again with the same devices (their lights stay on).
+            this.pub?.close();
+            this.pub = null;
+            this.pubPeer = null;
+            this.again("pub");
+            return;
+          }
           this.unpublish();
           if (was && f.code !== "off_stage" && f.code !== "not_a_member") this.on.error(`publishing stopped: ${f.code}`);
         }
@@ -319,27 +343,58 @@ export class Media {
     this.remotes.clear();
   }
 
-  /** After the WebSocket came back: the server closed this connection's media; make it again. */
-  async reconnect(): Promise<void> {
-    const wasPublishing = this.publishing;
-    this.resetSubscribe();
-    if (wasPublishing) {
-      this.pub?.close();
-      this.pub = null;
-      this.pubPeer = null;
-      this.publishing = false;
-      this.senders.clear();
-      const keep = new Map(this.tracks);
-      this.tracks.clear();
-      await this.publish({ camera: false, mic: false });
-      for (const [source, track] of keep) {
-        if (track.readyState === "live") {
-          this.tracks.set(source, track);
-          await this.senders.get(source)?.replaceTrack(track);
-        }
+  /** Makes a failed subscribe or publish connection again after a backoff (0.5 s, doubling up to 8 s). */
+  private again(which: "sub" | "pub"): void {
+    if (this.ended || this.retry[which] !== null) return;
+    const fails = which === "sub" ? this.retry.subFails++ : this.retry.pubFails++;
+    const wait = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** fails);
+    this.retry[which] = window.setTimeout(() => {
+      this.retry[which] = null;
+      if (this.ended) return;
+      if (which === "sub") this.subscribe();
+      else if (this.publishing && this.pubPeer === null) void this.republish();
+    }, wait);
+  }
+
+  private cancelRetries(): void {
+    for (const which of ["sub", "pub"] as const) {
+      const t = this.retry[which];
+      if (t !== null) window.clearTimeout(t);
+      this.retry[which] = null;
+    }
+  }
+
+  /** A new publish connection carrying the tracks that are on now. */
+  private async republish(): Promise<void> {
+    this.pub?.close();
+    this.pub = null;
+    this.pubPeer = null;
+    this.publishing = false;
+    this.senders.clear();
+    const keep = new Map(this.tracks);
+    this.tracks.clear();
+    await this.publish({ camera: false, mic: false });
+    for (const [source, track] of keep) {
+      if (track.readyState === "live") {
+        this.tracks.set(source, track);
+        await this.senders.get(source)?.replaceTrack(track);
       }
     }
+  }
+
+  /** After the WebSocket came back: the server closed this connection's media; make it again. */
+  async reconnect(): Promise<void> {
+    this.cancelRetries();
+    this.resetSubscribe();
+    if (this.publishing) await this.republish();
     this.subscribe();
+  }
+
+  /** Drops both connections without telling the server, as a failed network path would (for the tests): the SFU
+   * notices the silence and ends them, and the page makes them again. */
+  dropPaths(): void {
+    this.sub?.close();
+    this.pub?.close();
   }
 
   /** Connection states, for the tests and the curious. */
@@ -391,6 +446,8 @@ export class Media {
   }
 
   close(): void {
+    this.ended = true;
+    this.cancelRetries();
     this.unpublish();
     this.resetSubscribe();
     this.worker.terminate();

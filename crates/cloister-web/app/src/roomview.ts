@@ -638,6 +638,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
       if (c !== null) media.post({ t: "wrong_key", epoch: BigInt(c.epoch), leaf: c.roster.find((r) => r.device_id === room.device)?.leaf ?? 0 });
     },
     dropConnection: () => room.dropConnection(),
+    dropMediaPaths: () => media.dropPaths(),
     outbound: () => media.outbound(),
     mediaStates: () => media.states(),
     audioPackets: () => media.audioPackets(),
