@@ -11,7 +11,7 @@ use cloister_e2ee::group::{
     external_sender_from_bytes, ClientIdentity, CommitOutput, ExternalSenderIdentity, GroupError, GroupEvent, Provider,
     SessionGroup,
 };
-use cloister_e2ee::media::{Codec, KidLayout, MediaKeyring, BASE_KEY_LEN};
+use cloister_e2ee::media::{Codec, KidLayout, MediaError, MediaKeyring, BASE_KEY_LEN};
 use cloister_e2ee::message::AppMessage;
 use wasm_bindgen::prelude::*;
 
@@ -325,9 +325,16 @@ impl MediaKeys {
         self.0.seal(u64::from(context), codec(codec_name)?, frame).map_err(js)
     }
 
-    /// Opens a frame from any member.
-    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Vec<u8>, JsError> {
-        self.0.open(codec(codec_name)?, wire, now_ms as i64).map(|o| o.frame).map_err(js)
+    /// Opens a frame from any member. `undefined` for a frame whose counter was already opened or is too far behind
+    /// (RFC 9605 §9.3): such a frame is dropped, not a failure. Receivers see them without any attack: a browser can
+    /// assemble a frame twice when a packet of it arrives again (str0m probes bandwidth by resending packets as RTX)
+    /// while the first copy is still in the transform.
+    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Option<Vec<u8>>, JsError> {
+        match self.0.open(codec(codec_name)?, wire, now_ms as i64) {
+            Ok(o) => Ok(Some(o.frame)),
+            Err(MediaError::Replay) => Ok(None),
+            Err(e) => Err(js(e)),
+        }
     }
 
     /// The epochs held, oldest first (JSON list).

@@ -53,6 +53,25 @@ test('a frame sealed on one side opens on the other; a changed prefix fails', ()
   assert.throws(() => student.open('vp8', wire, now()), /replay/, 'the same frame twice is a replay');
 });
 
+test('a media worker keyring drops a duplicate frame without an error and refuses a forged one', () => {
+  const { teacher, student } = classOfTwo();
+  const sender = new wasm.MediaKeys(0);
+  sender.install(teacher.epoch(), 0, teacher.media_epoch_key(), now());
+  const receiver = new wasm.MediaKeys(1);
+  receiver.install(student.epoch(), 1, student.media_epoch_key(), now());
+  const frame = new Uint8Array(300).map((_, i) => (i * 13) & 0xff);
+  frame[0] = 0x11; // VP8 delta frame: 1 clear byte
+  const wire = sender.seal(0, 'vp8', frame);
+  const forged = wire.slice();
+  forged[forged.length - 1] ^= 1;
+  assert.throws(() => receiver.open('vp8', forged, now()), /authentication/);
+  assert.deepEqual(receiver.open('vp8', wire, now()), frame);
+  // A browser can hand the transform one frame twice (a packet of it resent while it is in the transform).
+  assert.equal(receiver.open('vp8', wire, now()), undefined, 'the second copy is dropped, not an error');
+  const next = sender.seal(0, 'vp8', frame);
+  assert.deepEqual(receiver.open('vp8', next, now()), frame, 'the next frame still opens');
+});
+
 test('a chat message decrypts on the other side', () => {
   const { teacher, student } = classOfTwo();
   const bytes = student.send(JSON.stringify({ type: 'chat', text: 'hello from wasm' }));

@@ -34,6 +34,8 @@ export interface ReceiverStats {
   source: string;
   opened: number;
   failed: number;
+  /** Frames dropped as already opened (or too far behind): duplicates, not failures. */
+  dropped: number;
   lastError: string;
   lastOpenedAt: number;
   lastFailedAt: number;
@@ -41,7 +43,9 @@ export interface ReceiverStats {
 
 export type FromWorker =
   | { t: "ready" }
-  | { t: "stats"; receivers: ReceiverStats[]; sealed: number; unsealed: number };
+  | { t: "stats"; receivers: ReceiverStats[]; sealed: number; unsealed: number }
+  // A receiver's first frame in, and its first frame opened (wall clock, ms: performance.timeOrigin + now()).
+  | { t: "first"; key: string; source: string; what: "in" | "opened"; at: number };
 
 interface EncodedFrame {
   data: ArrayBuffer;
@@ -94,6 +98,10 @@ function seal(o: SendOptions) {
   });
 }
 
+function first(o: ReceiveOptions, what: "in" | "opened"): void {
+  scope.postMessage({ t: "first", key: o.key, source: o.source, what, at: performance.timeOrigin + performance.now() });
+}
+
 function open(o: ReceiveOptions, t: ScriptTransformer | null) {
   const st = {
     key: o.key,
@@ -101,6 +109,7 @@ function open(o: ReceiveOptions, t: ScriptTransformer | null) {
     source: o.source,
     opened: 0,
     failed: 0,
+    dropped: 0,
     lastError: "",
     lastOpenedAt: 0,
     lastFailedAt: 0,
@@ -108,8 +117,13 @@ function open(o: ReceiveOptions, t: ScriptTransformer | null) {
     askedKeyFrame: 0,
   };
   receivers.set(o.key, st);
+  let seen = false;
   return new TransformStream<EncodedFrame, EncodedFrame>({
     transform(frame, ctrl) {
+      if (!seen) {
+        seen = true;
+        first(o, "in");
+      }
       if (keys === null) {
         st.failed++;
         st.lastError = "no keys yet";
@@ -118,8 +132,12 @@ function open(o: ReceiveOptions, t: ScriptTransformer | null) {
       }
       try {
         const out = keys.open(o.codec, new Uint8Array(frame.data), now());
+        if (out === undefined) {
+          st.dropped++;
+          return;
+        }
         frame.data = out.buffer as ArrayBuffer;
-        st.opened++;
+        if (st.opened++ === 0) first(o, "opened");
         st.lastOpenedAt = now();
         ctrl.enqueue(frame);
       } catch (e) {
@@ -194,6 +212,7 @@ setInterval(() => {
       source: r.source,
       opened: r.opened,
       failed: r.failed,
+      dropped: r.dropped,
       lastError: r.lastError,
       lastOpenedAt: r.lastOpenedAt,
       lastFailedAt: r.lastFailedAt,
