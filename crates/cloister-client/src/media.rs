@@ -1051,12 +1051,17 @@ impl Assembler {
 }
 
 /// Counts the frames of a layer's file that never opened, from the frame indices that did (the files loop, so
-/// indices are unwrapped by the loop count). Each layer has its own run of indices. A run stays open for
-/// [`LATE`] after its last frame, so a frame repaired after a layer switch still fills its gap; a layer the SFU
-/// left for longer starts a new run when it comes back, so the frames it skipped meanwhile are not counted.
+/// indices are unwrapped by the loop count). Each layer has its own run of indices. The SFU forwards one layer at
+/// a time, so a new frame of another layer means it switched: the old layer's run is then *left*, and it stays
+/// open for [`LATE`] after its last frame so that a frame repaired after the switch still fills its gap. When the
+/// SFU comes back to a left layer (at a key frame, which may be a natural one or one the publisher made on request,
+/// any number of frames later), the frames it skipped meanwhile were never sent to this receiver: the old run is
+/// closed (still taking late frames in its range) and a new run starts, so they are not counted as missing.
 #[derive(Default)]
 struct Runs {
     runs: [Option<Run>; 3],
+    /// Runs of layers the SFU left and came back to, still taking late frames in their range until stale.
+    closing: Vec<(usize, Run)>,
     closed_missing: u64,
 }
 
@@ -1066,52 +1071,110 @@ struct Run {
     count: u64,
     recent: std::collections::BTreeSet<u64>,
     last: Instant,
+    /// A newer frame of another layer came after this run's frames (the SFU switched away from it).
+    left: bool,
 }
 
 impl Run {
     fn new(u: u64, now: Instant) -> Self {
-        Run { min: u, max: u, count: 1, recent: [u].into(), last: now }
+        Run { min: u, max: u, count: 1, recent: [u].into(), last: now, left: false }
     }
 
     fn missing(&self) -> u64 {
         (self.max - self.min + 1).saturating_sub(self.count)
     }
+
+    /// The unwrapped index of `index` in a file of `len` frames nearest this run's newest.
+    fn unwrap(&self, index: u64, len: u64) -> u64 {
+        let base = self.max - self.max % len;
+        let mut candidates = [base + index, base + index + len, (base + index).saturating_sub(len)];
+        candidates.sort_by_key(|c| c.abs_diff(self.max));
+        candidates[0]
+    }
+
+    fn add(&mut self, u: u64, len: u64, now: Instant) {
+        if self.recent.insert(u) {
+            self.count += 1;
+            self.min = self.min.min(u);
+            self.max = self.max.max(u);
+        }
+        self.recent = self.recent.split_off(&self.max.saturating_sub(2 * len));
+        self.last = now;
+    }
+
+    fn stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) > LATE
+    }
 }
 
-/// How long a layer's run waits for late (repaired) frames after its last one: several NACK round trips, and less
-/// than the second between key frames that the SFU needs to leave a layer and come back to it.
+/// How long a layer's run waits for late (repaired) frames after its last one: several NACK round trips.
 const LATE: Duration = Duration::from_millis(700);
+
+/// How far past a left run's newest frame a frame may be and still be one sent before the switch (delayed by
+/// jitter or repaired by RTX) rather than the SFU coming back to the layer: about 165 ms of video.
+const SWITCH_SLACK: u64 = 5;
 
 impl Runs {
     /// Records frame `index` of `layer` (file of `len` frames) opened at `now`; returns the missing total so far.
     fn record(&mut self, layer: usize, index: usize, len: usize, now: Instant) -> u64 {
         let (index, len) = (index as u64, len.max(1) as u64);
-        for (l, slot) in self.runs.iter_mut().enumerate() {
-            let stale = slot.as_ref().is_some_and(|r| now.saturating_duration_since(r.last) > LATE);
-            if stale || (l == layer && slot.is_none()) {
-                if let Some(old) = slot.take() {
-                    self.closed_missing += old.missing();
+        for slot in &mut self.runs {
+            if slot.as_ref().is_some_and(|r| r.stale(now)) {
+                self.closed_missing += slot.take().map_or(0, |r| r.missing());
+            }
+        }
+        let closed = &mut self.closed_missing;
+        self.closing.retain(|(_, r)| {
+            let stale = r.stale(now);
+            if stale {
+                *closed += r.missing();
+            }
+            !stale
+        });
+        // A late frame inside a closing run's range fills its gap there.
+        if let Some((_, r)) = self.closing.iter_mut().find(|(l, r)| {
+            let u = r.unwrap(index, len);
+            *l == layer && (r.min..=r.max).contains(&u)
+        }) {
+            let u = r.unwrap(index, len);
+            r.add(u, len, now);
+            return self.total();
+        }
+        let newest = match self.runs[layer].take() {
+            None => {
+                self.runs[layer] = Some(Run::new(4 * len + index, now));
+                true
+            }
+            Some(mut r) => {
+                let u = r.unwrap(index, len);
+                if r.left && u > r.max + SWITCH_SLACK {
+                    // The SFU came back to this layer: what it skipped was never sent.
+                    self.closing.push((layer, r));
+                    self.runs[layer] = Some(Run::new(4 * len + index, now));
+                    true
+                } else {
+                    let newest = u > r.max;
+                    r.left &= !newest;
+                    r.add(u, len, now);
+                    self.runs[layer] = Some(r);
+                    newest
                 }
-                if l == layer {
-                    *slot = Some(Run::new(4 * len + index, now));
-                }
-            } else if l == layer {
-                if let Some(r) = slot.as_mut() {
-                    let base = r.max - r.max % len;
-                    let mut candidates = [base + index, base + index + len, (base + index).saturating_sub(len)];
-                    candidates.sort_by_key(|c| c.abs_diff(r.max));
-                    let u = candidates[0];
-                    if r.recent.insert(u) {
-                        r.count += 1;
-                        r.min = r.min.min(u);
-                        r.max = r.max.max(u);
-                    }
-                    r.recent = r.recent.split_off(&r.max.saturating_sub(2 * len));
-                    r.last = now;
+            }
+        };
+        if newest {
+            for (l, slot) in self.runs.iter_mut().enumerate() {
+                if let (true, Some(r)) = (l != layer, slot.as_mut()) {
+                    r.left = true;
                 }
             }
         }
-        self.closed_missing + self.runs.iter().flatten().map(Run::missing).sum::<u64>()
+        self.total()
+    }
+
+    fn total(&self) -> u64 {
+        self.closed_missing
+            + self.runs.iter().flatten().map(Run::missing).sum::<u64>()
+            + self.closing.iter().map(|(_, r)| r.missing()).sum::<u64>()
     }
 }
 
@@ -1248,6 +1311,31 @@ mod tests {
         // count the frames it skipped meanwhile.
         assert_eq!(r.record(2, 40, 90, at(1400)), 2);
         assert_eq!(r.record(2, 41, 90, at(1430)), 2);
+    }
+
+    #[test]
+    fn frames_a_layer_skipped_while_the_sfu_was_on_another_are_not_missing() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let mut r = Runs::default();
+        for i in (10..20u64).filter(|i| *i != 16 && *i != 18) {
+            r.record(2, i as usize, 90, at(i * 33));
+        }
+        assert_eq!(r.record(2, 19, 90, at(630)), 2, "16 and 18 are being repaired");
+        // Down to layer 1 at its key frame; 20, sent before the switch, is lost, and 21 is delayed past it.
+        assert_eq!(r.record(1, 30, 90, at(700)), 2);
+        assert_eq!(r.record(2, 21, 90, at(710)), 3, "a frame sent before the switch arrives late: 20 missing");
+        assert_eq!(r.record(1, 31, 90, at(733)), 3);
+        assert_eq!(r.record(2, 20, 90, at(740)), 2, "repaired");
+        assert_eq!(r.record(2, 18, 90, at(750)), 1, "repaired");
+        // Back up to layer 2 300 ms later, at a key frame 10 frames on: nothing was sent in between.
+        assert_eq!(r.record(2, 31, 90, at(1040)), 1, "skipped frames are not missing");
+        assert_eq!(r.record(2, 33, 90, at(1106)), 2, "but a gap after the return is");
+        assert_eq!(r.record(2, 16, 90, at(1110)), 1, "the old run still takes a late frame in its range");
+        assert_eq!(r.record(2, 32, 90, at(1120)), 0);
+        // Layer 1 was left too: coming back to it within LATE of its last frame does not count what it skipped.
+        assert_eq!(r.record(1, 50, 90, at(1300)), 0);
+        assert_eq!(r.record(1, 51, 90, at(2500)), 0, "the old runs close with nothing missing");
     }
 
     #[test]
