@@ -878,6 +878,7 @@ impl Shard {
             l.last_packet = Some(now);
         }
         let is_audio = track.kind == MediaKind::Audio;
+        let lowest = track.layers.iter().position(|l| l.ssrc.is_some()).and_then(|i| u8::try_from(i).ok()).unwrap_or(0);
         if is_audio {
             if let Some(level) = pkt.header.ext_vals.audio_level {
                 track.level.0 += f64::from(level.unsigned_abs());
@@ -930,8 +931,8 @@ impl Shard {
                 continue;
             };
             let decision = out.selector.on_packet(incoming);
-            if out.selector.needs_keyframe() && !wanted_keyframes.contains(&out.selector.target()) {
-                wanted_keyframes.push(out.selector.target());
+            if let Some(want) = out.selector.keyframe_wanted(lowest).filter(|l| !wanted_keyframes.contains(l)) {
+                wanted_keyframes.push(want);
             }
             let Decision::Forward { seq, ts, picture_id, switched } = decision else { continue };
             let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { continue };

@@ -113,9 +113,23 @@ impl Selector {
         self.needs_keyframe
     }
 
+    /// The layer whose key frame to ask for, if one is awaited: before anything was sent, the lowest layer the
+    /// publisher sends (`lowest`: smallest, so quickest to make and to arrive), else the target.
+    pub fn keyframe_wanted(&self, lowest: u8) -> Option<u8> {
+        match (self.needs_keyframe, self.period) {
+            (false, _) => None,
+            (true, None) => Some(lowest.min(self.target)),
+            (true, Some(_)) => Some(self.target),
+        }
+    }
+
     /// Decides on one packet.
+    ///
+    /// Before anything was sent, a key frame of any layer up to the target starts the stream (the quickest first
+    /// picture for a new subscriber); the switch to the target follows at its key frame.
     pub fn on_packet(&mut self, p: Incoming) -> Decision {
-        let enter = p.layer == self.target && p.keyframe_start && self.current() != Some(p.layer);
+        let first = self.period.is_none() && p.layer <= self.target;
+        let enter = p.keyframe_start && (first || (p.layer == self.target && self.current() != Some(p.layer)));
         if enter {
             let out_seq = self.last_seq.map_or(1, |s| s + 1);
             let out_ts = match self.last_seq {
@@ -137,7 +151,7 @@ impl Selector {
                 ts_offset: out_ts.wrapping_sub(p.ts),
                 pid_offset,
             });
-            self.needs_keyframe = false;
+            self.needs_keyframe = p.layer != self.target;
             return self.emit(p, true);
         }
         match self.period {
@@ -216,6 +230,23 @@ mod tests {
         assert_eq!((seq, ts, switched), (2, 4000, false));
         // Other layers are not sent.
         assert_eq!(s.on_packet(pkt(1, 9000, 77, true, 300, 34)), Decision::Drop);
+    }
+
+    #[test]
+    fn a_new_stream_starts_at_the_first_key_frame_up_to_its_target_then_climbs() {
+        let mut s = Selector::new(2, 90_000);
+        assert_eq!(s.keyframe_wanted(0), Some(0), "the lowest layer's key frame is asked for first");
+        assert_eq!(s.keyframe_wanted(1), Some(1), "the lowest the publisher sends");
+        assert_eq!(s.on_packet(pkt(1, 10, 1000, false, 5, 0)), Decision::Drop, "not a key frame");
+        let (seq, ..) = fwd(s.on_packet(pkt(0, 20, 2000, true, 7, 10)));
+        assert_eq!((seq, s.current()), (1, Some(0)), "layer 0's key frame starts it");
+        assert_eq!(s.keyframe_wanted(0), Some(2), "then the target's is wanted");
+        assert_eq!(s.on_packet(pkt(1, 11, 1100, true, 6, 20)), Decision::Drop, "once started, only the target");
+        fwd(s.on_packet(pkt(0, 21, 2000, false, 7, 30)));
+        let (seq, _, _, switched) = fwd(s.on_packet(pkt(2, 40, 3000, true, 9, 40)));
+        assert_eq!((seq, switched, s.current(), s.keyframe_wanted(0)), (3, true, Some(2), None));
+        let mut low = Selector::new(0, 90_000);
+        assert_eq!(low.on_packet(pkt(1, 10, 1000, true, 5, 0)), Decision::Drop, "above the target: no");
     }
 
     #[test]
