@@ -5,8 +5,11 @@
 // webrtc-rs) join and watch first; then a browser student, signed in and enrolled, opens the session URL in a new
 // page, ROUNDS times. The clock starts at the page's navigation start (performance.timeOrigin) and stops at the
 // first requestVideoFrameCallback of the teacher's camera, whose frames pass through the decrypting transform.
+// Each round is a first visit: the page's saved room state is deleted first, so the student joins as a new device
+// (key packages, the DS's Add, the teacher's commit, a Welcome); with --reopen it is kept, and the student comes
+// back as the device of the round before (its group state restored from localStorage, no Welcome).
 // Prints one JSON object: per-round step times and the median and max. Usage:
-//   node bench/first-frame.mjs [--rounds 7] [--students 10]     (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release builds)
+//   node bench/first-frame.mjs [--rounds 7] [--students 10] [--reopen]   (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release)
 import { spawn } from "node:child_process";
 import { clientBin, debug, launch, person, signUp, startServer, teacherStartsSession, uniqueEmail, until } from "../tests/lib.mjs";
 
@@ -16,6 +19,7 @@ const arg = (name, dflt) => {
 };
 const ROUNDS = arg("--rounds", 7);
 const STUDENTS = arg("--students", 10);
+const REOPEN = process.argv.includes("--reopen");
 
 const server = await startServer();
 const browser = await launch();
@@ -77,6 +81,14 @@ try {
 
   const rounds = [];
   for (let r = 0; r < ROUNDS; r++) {
+    if (!REOPEN) {
+      const p = await s.ctx.newPage();
+      await p.goto(`${server.url}/#/`);
+      await p.evaluate(() => {
+        for (const k of Object.keys(localStorage)) if (k.startsWith("cloister.room.")) localStorage.removeItem(k);
+      });
+      await p.close();
+    }
     const page = await s.ctx.newPage();
     await page.goto(`${server.url}/#/live/${session}`);
     const marks = await until("the first decoded teacher frame", async () => {
@@ -89,7 +101,7 @@ try {
   }
   const firsts = rounds.map((m) => m.first_frame_teacher_camera).sort((a, b) => a - b);
   const median = firsts[Math.floor(firsts.length / 2)];
-  console.log(JSON.stringify({ students_in_room: STUDENTS, rounds, first_frame_ms: { median, max: firsts.at(-1), min: firsts[0] } }, null, 1));
+  console.log(JSON.stringify({ students_in_room: STUDENTS, visit: REOPEN ? "reopen" : "first", rounds, first_frame_ms: { median, max: firsts.at(-1), min: firsts[0] } }, null, 1));
 } finally {
   for (const c of children) c.stdin?.end("/quit\n");
   await new Promise((ok) => setTimeout(ok, 500));

@@ -2,6 +2,7 @@
 import "./style.css";
 import { api, ApiError, setToken, token, type Course, type Me } from "./api";
 import { errorLine, field, h, mount, short, toast } from "./ui";
+import { loadCore } from "./core";
 import { liveRoom, leaveRoom } from "./roomview";
 
 let me: Me | null = null;
@@ -327,6 +328,8 @@ async function route(): Promise<void> {
   leaveRoom();
   const hash = location.hash.replace(/^#/, "") || "/";
   const parts = hash.split("/").filter((p) => p !== "");
+  // A live room needs the e2ee core: it compiles while the account is looked up.
+  if (parts[0] === "live") void loadCore();
   const who = await whoAmI();
   nav(who !== null);
   if (parts[0] === "signup") return signUpPage();

@@ -1,6 +1,7 @@
 // Live media through the blind SFU: one publish connection (microphone, camera in three simulcast layers, screen)
 // and one subscribe connection per device. Every encoded frame is sealed or opened in the media worker
 // (RTCRtpScriptTransform, or createEncodedStreams where that is missing); the SFU sees only SFrame ciphertext.
+import { mark } from "./marks";
 import type { FromWorker, ReceiveOptions, ReceiverStats, SendOptions, ToWorker } from "./e2ee-worker";
 import type { MediaSource, MediaTrack, ServerFrame, Unsent } from "./wire";
 
@@ -87,7 +88,9 @@ export class Media {
   ) {
     this.worker = new Worker(new URL("./e2ee-worker.ts", import.meta.url), { type: "module", name: "cloister-e2ee" });
     this.worker.onmessage = (ev: MessageEvent<FromWorker>) => {
-      if (ev.data.t === "stats") this.on.stats(ev.data.receivers, ev.data.sealed, ev.data.unsealed);
+      const m = ev.data;
+      if (m.t === "stats") this.on.stats(m.receivers, m.sealed, m.unsealed);
+      else if (m.t === "first") mark(`${m.what === "in" ? "frame_in" : "frame_opened"}_${m.source}`, m.at - performance.timeOrigin);
     };
   }
 
@@ -218,6 +221,9 @@ export class Media {
     if (this.sub !== null) return;
     const pc = this.newPc();
     this.sub = pc;
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "connected") mark("sub_connected");
+    });
     pc.ontrack = (ev) => {
       const mid = ev.transceiver.mid ?? "";
       const info = this.trackInfo.get(mid);
@@ -280,6 +286,7 @@ export class Media {
       case "media_offer": {
         if (this.sub === null || f.peer !== this.subPeer) return;
         for (const t of f.tracks) this.trackInfo.set(t.mid, t);
+        mark("sub_offer");
         try {
           await this.sub.setRemoteDescription({ type: "offer", sdp: f.sdp });
         } catch {
@@ -290,9 +297,14 @@ export class Media {
           this.subscribe();
           return;
         }
+        mark("sub_remote_set");
         const answer = await this.sub.createAnswer();
         await this.sub.setLocalDescription(answer);
-        await gathered(this.sub);
+        // No wait for candidate gathering: the SFU is ICE-lite and offers its own candidate, so the browser's
+        // first connectivity check tells it our address (a peer-reflexive candidate; the browser's host
+        // candidates are mDNS names it could not use anyway), and str0m holds a check that comes before the
+        // answer until the answer's credentials arrive.
+        mark("sub_answer");
         this.on.signal({ t: "media_answer", peer: f.peer, sdp: this.sub.localDescription?.sdp ?? "" });
         for (const mid of [...this.remotes.keys()]) {
           if (!f.tracks.some((t) => t.mid === mid)) {

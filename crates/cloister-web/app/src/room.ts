@@ -8,6 +8,7 @@
 //   if the log does not hold them. Nothing typed while offline is lost: it waits in the outbox.
 import { api, ApiError } from "./api";
 import { Client, loadCore } from "./core";
+import { mark } from "./marks";
 import type { AppMessage, ClientFrame, EpochInfo, LeafReport, ServerFrame, Unsent } from "./wire";
 import { stamped } from "./store";
 import { b64, unb64 } from "./wire";
@@ -74,6 +75,8 @@ export class Room {
   private own = new Map<number, AppMessage>();
   private roster = new Set<string>();
   private uploaded = false;
+  /** Key packages made while the ticket was being fetched, not yet sent. */
+  private keyPackages: string[] | null = null;
   private created = false;
   private live = false;
   private stopped = false;
@@ -102,7 +105,9 @@ export class Room {
   }
 
   async start(): Promise<void> {
+    mark("room_start");
     await loadCore();
+    mark("core_loaded");
     const saved = this.storage.getItem(this.storeKey);
     if (saved !== null) {
       try {
@@ -123,6 +128,7 @@ export class Room {
       }
     }
     this.client ??= new Client(this.user, this.device);
+    mark("client");
     window.addEventListener("pagehide", this.saveNow);
     await this.connect();
   }
@@ -167,6 +173,11 @@ export class Room {
     this.sendMedia({ t: "remove", session: this.session, user });
   }
 
+  /** Whether the WebSocket is open (media signaling can go out), caught up with the log or not. */
+  connected(): boolean {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
   online(): boolean {
     return this.live && this.ws?.readyState === WebSocket.OPEN;
   }
@@ -189,7 +200,19 @@ export class Room {
     this.on.status(this.inGroup ? "reconnecting" : "connecting");
     let ticket: string;
     try {
-      ticket = (await api.ticket()).ticket;
+      mark("ticket_asked");
+      const asked = api.ticket();
+      // A new device's key packages are made while the ticket and the WebSocket are on their way.
+      if (!this.inGroup && !this.uploaded && !(this.host && !this.created) && this.keyPackages === null) {
+        try {
+          this.keyPackages = this.client?.key_package_batch(2, true) ?? null;
+          mark("kp_made");
+        } catch {
+          this.keyPackages = null; // made again (and any error shown) when the server is ready
+        }
+      }
+      ticket = (await asked).ticket;
+      mark("ticket");
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) {
         this.on.status("refused", "Your sign-in expired. Sign in again.");
@@ -203,6 +226,7 @@ export class Room {
       `${proto}://${location.host}/api/v1/ws?ticket=${encodeURIComponent(ticket)}&device=${encodeURIComponent(this.device)}`,
     );
     this.ws = ws;
+    ws.onopen = () => mark("ws_open");
     ws.onmessage = (ev) => {
       if (typeof ev.data !== "string") return;
       let f: ServerFrame;
@@ -322,6 +346,7 @@ export class Room {
     }
     switch (f.t) {
       case "ready": {
+        mark("ws_ready");
         this.backoff = 250;
         if (this.inGroup) {
           this.on.reconnected();
@@ -333,7 +358,9 @@ export class Room {
           this.created = true;
           this.raw({ t: "create", id: this.req({ k: "create" }), session: this.session });
         } else if (!this.uploaded) {
-          const kps = c.key_package_batch(2, true);
+          // Sent once: a connection lost before the reply gets fresh ones.
+          const kps = this.keyPackages ?? c.key_package_batch(2, true);
+          this.keyPackages = null;
           this.raw({ t: "key_packages", id: this.req({ k: "key_packages" }), key_packages: kps });
         } else {
           this.raw({ t: "join", id: this.req({ k: "join" }), session: this.session });
@@ -347,6 +374,7 @@ export class Room {
         if (r === undefined) return;
         switch (r.k) {
           case "key_packages":
+            mark("kp_stored");
             this.uploaded = true;
             this.raw({ t: "join", id: this.req({ k: "join" }), session: this.session });
             return;
@@ -434,7 +462,9 @@ export class Room {
       }
       case "welcome": {
         if (this.inGroup) return;
+        mark("welcome_in");
         c.join(unb64(f.mls), Date.now());
+        mark("welcome_done");
         this.inGroup = true;
         this.cursor = f.seq + 1;
         this.newEpoch(JSON.parse(c.epoch_info()) as EpochInfo);

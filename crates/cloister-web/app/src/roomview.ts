@@ -1,6 +1,8 @@
 // The live room: video and screen share, controls, chat, Q&A, raised hands, roster with fingerprints, the safety
 // code and an end-to-end encryption indicator that says what is true at this moment.
 import { api, ApiError, type Me } from "./api";
+import { loadCore } from "./core";
+import { mark, marks, resetMarks } from "./marks";
 import { Media, type Remote, type Source } from "./media";
 import type { ReceiverStats } from "./e2ee-worker";
 import { Room, type RoomStatus } from "./room";
@@ -60,27 +62,26 @@ function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boo
   return track !== undefined;
 }
 
-/** Milliseconds since navigation start at each step of joining (the first-frame benchmark reads them). */
-const marks: Record<string, number> = {};
-function mark(name: string): void {
-  marks[name] ??= Math.round(performance.now());
-}
-
 export async function liveRoom(me: Me, sessionId: string): Promise<void> {
-  for (const k of Object.keys(marks)) delete marks[k];
+  resetMarks();
   mark("route");
+  // The e2ee core (1.8 MB of wasm) compiles while the seat is checked, not after (main.ts starts it even sooner).
+  void loadCore();
   const status = h("p", { class: "status", id: "status", "aria-live": "polite" }, "Checking your seat…");
   mount(h("h1", {}, "Live session"), status);
   let courseTeachers: string[] = [];
   let courseId = "";
   let host = false;
   try {
-    const s = await api.liveSession(sessionId);
+    // Both at once: the seat is the server's to decide, whatever the session's details say.
+    const [session, seat] = await Promise.allSettled([api.liveSession(sessionId), api.admit(sessionId)]);
+    if (session.status === "rejected") throw session.reason;
+    const s = session.value;
     courseId = s.course_id;
     courseTeachers = [...(s.staff?.teachers ?? []), ...(s.staff?.tas ?? [])];
     // The first teacher's device creates the session's group; other staff join it and may commit (TAs).
     host = s.staff?.teachers[0] === me.user_id;
-    await api.admit(sessionId);
+    if (seat.status === "rejected") throw seat.reason;
     mark("admitted");
   } catch (e) {
     const enrolled = !(e instanceof ApiError && (e.status === 403 || e.status === 404));
@@ -101,6 +102,7 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
   }
   const teacher = courseTeachers.includes(me.user_id);
   const store = await openRoomStore(sessionId, me.user_id);
+  mark("store");
 
   // --- state
   const names = new Map<string, string>();
@@ -203,6 +205,8 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
     },
     epoch: (e) => {
       mark("in_group");
+      // Media keys for this epoch are in the worker now: receiving can start before the log is caught up.
+      if (room.connected()) media.subscribe();
       const grew = info !== null && e.roster.some((r) => !info!.roster.some((o) => o.leaf === r.leaf && o.user_id === r.user_id));
       info = e;
       safety.textContent = e.safety_code;
