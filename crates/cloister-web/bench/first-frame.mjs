@@ -95,7 +95,18 @@ try {
       const m = await debug(page, "marks");
       return m?.first_frame_teacher_camera !== undefined ? m : null;
     }, 30_000, 20);
-    rounds.push(marks);
+    // Where the time before the app's first mark goes: the document's request, its scripts, its parse.
+    const nav = await page.evaluate(() => {
+      const n = performance.getEntriesByType("navigation")[0];
+      const js = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".js"));
+      const fetches = performance.getEntriesByType("resource").filter((e) => e.name.includes("/api/")).slice(0, 6)
+        .map((e) => `${new URL(e.name).pathname.split("/").slice(2, 4).join("/")} ${Math.round(e.startTime)}-${Math.round(e.responseEnd)}`);
+      const at = (name) => performance.getEntriesByName(name)[0]?.startTime;
+      const wasm = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".wasm"));
+      return { core_start: at("core_start"), wasm_loaded: wasm?.responseEnd, core_ready: at("core_ready"), nav_request: n.requestStart, nav_response: n.responseEnd, js_loaded: js?.responseEnd, dom_interactive: n.domInteractive, fetches };
+    });
+    for (const [k, v] of Object.entries(nav)) if (typeof v === "number") nav[k] = Math.round(v);
+    rounds.push({ ...nav, ...marks });
     await page.close();
     await new Promise((ok) => setTimeout(ok, 1500));
   }

@@ -24,6 +24,8 @@ export interface ReceiveOptions {
 type Options = SendOptions | ReceiveOptions;
 
 export type ToWorker =
+  // First from the page: its compiled core (null: compile one here).
+  | { t: "core"; module: WebAssembly.Module | null }
   | { t: "key"; epoch: bigint; leaf: number; key: Uint8Array; send: boolean }
   | { t: "wrong_key"; epoch: bigint; leaf: number }
   | { t: "streams"; options: Options; readable: ReadableStream; writable: WritableStream };
@@ -171,7 +173,8 @@ function afterKeyChange() {
   }
 }
 
-const core = loadCore();
+let coreFrom: (m: WebAssembly.Module | null) => void = () => {};
+const core = new Promise<WebAssembly.Module | null>((ok) => (coreFrom = ok)).then((m) => loadCore(m ?? undefined));
 
 scope.onrtctransform = (ev) => {
   const t = ev.transformer;
@@ -180,6 +183,10 @@ scope.onrtctransform = (ev) => {
 
 scope.onmessage = (ev) => {
   const m = ev.data;
+  if (m.t === "core") {
+    coreFrom(m.module);
+    return;
+  }
   void core.then(() => {
     if (m.t === "key") {
       keys ??= new MediaKeys(m.leaf);

@@ -3,7 +3,7 @@ import "./style.css";
 import { api, ApiError, setToken, token, type Course, type Me } from "./api";
 import { errorLine, field, h, mount, short, toast } from "./ui";
 import { loadCore } from "./core";
-import { liveRoom, leaveRoom } from "./roomview";
+import { liveRoom, leaveRoom, type Early } from "./roomview";
 
 let me: Me | null = null;
 
@@ -328,8 +328,17 @@ async function route(): Promise<void> {
   leaveRoom();
   const hash = location.hash.replace(/^#/, "") || "/";
   const parts = hash.split("/").filter((p) => p !== "");
-  // A live room needs the e2ee core: it compiles while the account is looked up.
-  if (parts[0] === "live") void loadCore();
+  // A live room needs the e2ee core, the session and the seat: all are on their way while the account is looked up.
+  let early: Early | undefined;
+  if (parts[0] === "live" && parts[1] !== undefined) {
+    void loadCore();
+    if (token() !== null) {
+      early = { session: api.liveSession(parts[1]), seat: api.admit(parts[1]) };
+      // Read by the room; if the account lookup fails instead, their errors are not the page's to show.
+      early.session.catch(() => {});
+      early.seat.catch(() => {});
+    }
+  }
   const who = await whoAmI();
   nav(who !== null);
   if (parts[0] === "signup") return signUpPage();
@@ -339,7 +348,7 @@ async function route(): Promise<void> {
     return signInPage();
   }
   if (parts[0] === "course" && parts[1] !== undefined) return coursePage(parts[1]);
-  if (parts[0] === "live" && parts[1] !== undefined) return liveRoom(who, parts[1]);
+  if (parts[0] === "live" && parts[1] !== undefined) return liveRoom(who, parts[1], early);
   return homePage();
 }
 

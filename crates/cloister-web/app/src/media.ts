@@ -2,6 +2,7 @@
 // and one subscribe connection per device. Every encoded frame is sealed or opened in the media worker
 // (RTCRtpScriptTransform, or createEncodedStreams where that is missing); the SFU sees only SFrame ciphertext.
 import { mark } from "./marks";
+import { coreModule } from "./core";
 import type { FromWorker, ReceiveOptions, ReceiverStats, SendOptions, ToWorker } from "./e2ee-worker";
 import type { MediaSource, MediaTrack, ServerFrame, Unsent } from "./wire";
 
@@ -92,6 +93,11 @@ export class Media {
       if (m.t === "stats") this.on.stats(m.receivers, m.sealed, m.unsealed);
       else if (m.t === "first") mark(`${m.what === "in" ? "frame_in" : "frame_opened"}_${m.source}`, m.at - performance.timeOrigin);
     };
+    // The worker instantiates the page's compiled core (or, if the page could not compile it, compiles its own).
+    coreModule().then(
+      (module) => this.worker.postMessage({ t: "core", module } satisfies ToWorker),
+      () => this.worker.postMessage({ t: "core", module: null } satisfies ToWorker),
+    );
   }
 
   post(m: ToWorker, transfer: Transferable[] = []): void {

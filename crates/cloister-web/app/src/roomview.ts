@@ -62,7 +62,13 @@ function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boo
   return track !== undefined;
 }
 
-export async function liveRoom(me: Me, sessionId: string): Promise<void> {
+/** The session's details and the seat, asked for by the router before the account lookup came back. */
+export interface Early {
+  session: ReturnType<typeof api.liveSession>;
+  seat: ReturnType<typeof api.admit>;
+}
+
+export async function liveRoom(me: Me, sessionId: string, early?: Early): Promise<void> {
   resetMarks();
   mark("route");
   // The e2ee core (1.8 MB of wasm) compiles while the seat is checked, not after (main.ts starts it even sooner).
@@ -74,7 +80,10 @@ export async function liveRoom(me: Me, sessionId: string): Promise<void> {
   let host = false;
   try {
     // Both at once: the seat is the server's to decide, whatever the session's details say.
-    const [session, seat] = await Promise.allSettled([api.liveSession(sessionId), api.admit(sessionId)]);
+    const [session, seat] = await Promise.allSettled([
+      early?.session ?? api.liveSession(sessionId),
+      early?.seat ?? api.admit(sessionId),
+    ]);
     if (session.status === "rejected") throw session.reason;
     const s = session.value;
     courseId = s.course_id;
