@@ -1132,11 +1132,11 @@ impl Runs {
             !stale
         });
         // A late frame inside a closing run's range fills its gap there.
-        if let Some((_, r)) = self.closing.iter_mut().find(|(l, r)| {
+        let late = self.closing.iter_mut().filter(|(l, _)| *l == layer).find_map(|(_, r)| {
             let u = r.unwrap(index, len);
-            *l == layer && (r.min..=r.max).contains(&u)
-        }) {
-            let u = r.unwrap(index, len);
+            (r.min..=r.max).contains(&u).then_some((r, u))
+        });
+        if let Some((r, u)) = late {
             r.add(u, len, now);
             return self.total();
         }

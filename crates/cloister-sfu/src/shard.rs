@@ -878,6 +878,7 @@ impl Shard {
             l.last_packet = Some(now);
         }
         let is_audio = track.kind == MediaKind::Audio;
+        // The lowest layer the publisher sends (a scan of at most three; read by a new subscriber's selector).
         let lowest = track.layers.iter().position(|l| l.ssrc.is_some()).and_then(|i| u8::try_from(i).ok()).unwrap_or(0);
         if is_audio {
             if let Some(level) = pkt.header.ext_vals.audio_level {

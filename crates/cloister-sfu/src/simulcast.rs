@@ -108,13 +108,9 @@ impl Selector {
         }
     }
 
-    /// Whether a key frame on the target layer is awaited (the caller asks the publisher for one, rate-limited).
-    pub fn needs_keyframe(&self) -> bool {
-        self.needs_keyframe
-    }
-
-    /// The layer whose key frame to ask for, if one is awaited: before anything was sent, the lowest layer the
-    /// publisher sends (`lowest`: smallest, so quickest to make and to arrive), else the target.
+    /// The layer whose key frame to ask for, if one is awaited (the caller asks the publisher, rate-limited): before
+    /// anything was sent, the lowest layer the publisher sends (`lowest`: smallest, so quickest to make and to
+    /// arrive), else the target.
     pub fn keyframe_wanted(&self, lowest: u8) -> Option<u8> {
         match (self.needs_keyframe, self.period) {
             (false, _) => None,
@@ -221,11 +217,11 @@ mod tests {
     #[test]
     fn waits_for_a_key_frame_then_forwards_continuously() {
         let mut s = Selector::new(0, 90_000);
-        assert!(s.needs_keyframe());
+        assert!(s.keyframe_wanted(0).is_some());
         assert_eq!(s.on_packet(pkt(0, 500, 1000, false, 10, 0)), Decision::Drop);
         let (seq, ts, pid, switched) = fwd(s.on_packet(pkt(0, 501, 1000, true, 11, 0)));
         assert_eq!((seq, ts, pid, switched), (1, 1000, None, true));
-        assert!(!s.needs_keyframe());
+        assert!(s.keyframe_wanted(0).is_none());
         let (seq, ts, _, switched) = fwd(s.on_packet(pkt(0, 502, 4000, false, 12, 33)));
         assert_eq!((seq, ts, switched), (2, 4000, false));
         // Other layers are not sent.
@@ -255,7 +251,7 @@ mod tests {
         fwd(s.on_packet(pkt(0, 100, 0, true, 5, 0)));
         fwd(s.on_packet(pkt(0, 101, 3000, false, 6, 33)));
         s.set_target(2);
-        assert!(s.needs_keyframe());
+        assert!(s.keyframe_wanted(0).is_some());
         // A delta frame on the target layer does not switch; the current layer keeps flowing.
         assert_eq!(s.on_packet(pkt(2, 7000, 50_000, false, 900, 40)), Decision::Drop);
         let (seq, ..) = fwd(s.on_packet(pkt(0, 102, 6000, false, 7, 66)));

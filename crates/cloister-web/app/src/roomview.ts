@@ -1,7 +1,6 @@
 // The live room: video and screen share, controls, chat, Q&A, raised hands, roster with fingerprints, the safety
 // code and an end-to-end encryption indicator that says what is true at this moment.
 import { api, ApiError, type Me } from "./api";
-import { loadCore } from "./core";
 import { mark, marks, resetMarks } from "./marks";
 import { Media, type Remote, type Source } from "./media";
 import type { ReceiverStats } from "./e2ee-worker";
@@ -71,8 +70,6 @@ export interface Early {
 export async function liveRoom(me: Me, sessionId: string, early?: Early): Promise<void> {
   resetMarks();
   mark("route");
-  // The e2ee core (1.8 MB of wasm) compiles while the seat is checked, not after (main.ts starts it even sooner).
-  void loadCore();
   const status = h("p", { class: "status", id: "status", "aria-live": "polite" }, "Checking your seat…");
   mount(h("h1", {}, "Live session"), status);
   let courseTeachers: string[] = [];
