@@ -566,3 +566,25 @@ async fn denials_are_audited_but_cannot_grow_the_log_at_will() {
     assert_error(&r, 403, "forbidden");
     assert_eq!(h.state.audit.entries(0, 10_000).await.unwrap().0.len(), flushed.len() + 1);
 }
+
+#[tokio::test]
+async fn only_the_web_builds_content_named_assets_may_be_cached() {
+    let h = harness().await;
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "<!doctype html><title>t</title>").unwrap();
+    std::fs::create_dir(web.path().join("assets")).unwrap();
+    std::fs::write(web.path().join("assets/index-AbC123.js"), "export {};").unwrap();
+    let app = cloister_server::api::router_with_web(h.state.clone(), Some(web.path().to_owned()));
+    let get = |path: &str| {
+        let app = app.clone();
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        async move { app.oneshot(req).await.unwrap() }
+    };
+    let r = get("/assets/index-AbC123.js").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+    for path in ["/", "/index.html", "/assets/missing-XyZ.js", "/api/v1/catalog"] {
+        let r = get(path).await;
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store", "{path}: {}", r.status());
+    }
+}

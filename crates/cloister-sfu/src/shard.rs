@@ -29,6 +29,12 @@ const TICK: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most one key-frame request per publisher layer in this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// A subscriber copy that starts within this time of a layer's key frame is sent that key frame, and what followed,
+/// from memory rather than waiting for another: a browser publisher ignores key-frame requests this soon after its
+/// last key frame (libwebrtc's minimum interval is also 300 ms), so asking again cost a joiner 400 ms. At most
+/// `GOP_PACKETS` are kept (a layer whose key frame is followed by more waits for the next one).
+const GOP_AGE: Duration = Duration::from_millis(300);
+const GOP_PACKETS: usize = 96;
 /// Packets (and age) each outgoing video stream keeps for answering NACKs: about 3 s of the top layer.
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
@@ -65,12 +71,55 @@ struct LayerIn {
     rate_bps: u64,
     last_packet: Option<Instant>,
     last_keyframe_request: Option<Instant>,
+    /// The packets since this layer's last key frame began, while that is under [`GOP_AGE`] old.
+    gop: Vec<Fwd>,
+    gop_at: Option<Instant>,
 }
 
 impl LayerIn {
     fn new() -> Self {
-        Self { ssrc: None, window_bytes: 0, rate_bps: 0, last_packet: None, last_keyframe_request: None }
+        Self {
+            ssrc: None,
+            window_bytes: 0,
+            rate_bps: 0,
+            last_packet: None,
+            last_keyframe_request: None,
+            gop: Vec::new(),
+            gop_at: None,
+        }
     }
+
+    /// Keeps a packet that came at `at` if its key frame is recent (a key frame's first packet starts afresh).
+    fn keep(&mut self, f: Fwd, at: Instant) {
+        if f.incoming.keyframe_start {
+            self.gop.clear();
+            self.gop_at = Some(at);
+        }
+        match self.gop_at {
+            Some(t) if at.saturating_duration_since(t) < GOP_AGE && self.gop.len() < GOP_PACKETS => self.gop.push(f),
+            // Too old, or too long to be sent at once: a starting subscriber waits for the next key frame.
+            Some(_) => {
+                self.gop = Vec::new();
+                self.gop_at = None;
+            }
+            None => {}
+        }
+    }
+
+    /// The packets from this layer's last key frame on, if it began under [`GOP_AGE`] before `now`.
+    fn recent_gop(&self, now: Instant) -> Option<&[Fwd]> {
+        let recent = self.gop_at.is_some_and(|t| now.saturating_duration_since(t) < GOP_AGE);
+        (recent && !self.gop.is_empty()).then_some(self.gop.as_slice())
+    }
+}
+
+/// One publisher packet as a subscriber's stream takes it.
+#[derive(Clone)]
+struct Fwd {
+    incoming: Incoming,
+    payload: Arc<[u8]>,
+    marker: bool,
+    descriptor: Option<Vp8Descriptor>,
 }
 
 struct Track {
@@ -93,6 +142,12 @@ impl Track {
             Some(r) => self.rids.iter().position(|x| *x == r),
         }
     }
+    /// The recent key frame, and what followed, of the highest layer up to `target` that has one (empty if none).
+    fn recent_gop(&self, target: u8, now: Instant) -> Vec<Fwd> {
+        let top = usize::from(target).min(self.layers.len().saturating_sub(1));
+        self.layers[..=top].iter().rev().find_map(|l| l.recent_gop(now)).map_or_else(Vec::new, <[Fwd]>::to_vec)
+    }
+
     fn rates(&self, now: Instant) -> Vec<u64> {
         self.layers
             .iter()
@@ -200,6 +255,46 @@ pub(crate) struct Shard {
     dirty: Vec<PeerId>,
     /// A peer died since the last reap.
     reap_due: bool,
+}
+
+/// Puts one packet through a subscriber copy's selector and, if it lets it through, onto the copy's stream: whether
+/// it was written, and if so whether it switched layers. `Err` when str0m panicked (the caller drops the peer).
+fn write_out(
+    rtc: &mut Rtc,
+    out: &mut TrackOut,
+    f: &Fwd,
+    ext: &ExtensionValues,
+    is_audio: bool,
+    now: Instant,
+    metrics: &SfuMetrics,
+) -> Result<Option<bool>, ()> {
+    let Decision::Forward { seq, ts, picture_id, switched } = out.selector.on_packet(f.incoming) else {
+        return Ok(None);
+    };
+    let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { return Ok(None) };
+    let mut write = RtpWrite::new(pt, SeqNo::from(seq), ts, now, Arc::clone(&f.payload))
+        .marker(f.marker)
+        .ext_vals(ext.clone())
+        .nackable(!is_audio);
+    if let (Some(pid), Some(d)) = (picture_id, f.descriptor) {
+        if let Ok(patch) = d.patch().picture_id(pid).build() {
+            write = write.vp8_patch(patch);
+        }
+    }
+    let written = catch_unwind(AssertUnwindSafe(|| match rtc.direct_api().stream_tx(&out_ssrc) {
+        // Its queue is full (as str0m last sampled it): dropped after the selector numbered it, so the subscriber
+        // sees the gap as loss.
+        Some(tx) if tx.queue_info().is_some_and(|q| q.packet_count() >= MAX_BACKLOG) => {
+            metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Some(tx) => {
+            tx.write_rtp(write);
+            true
+        }
+        None => false,
+    }));
+    written.map(|w| w.then_some(switched)).map_err(|_| ())
 }
 
 fn rtc_error(e: impl std::fmt::Display) -> SfuError {
@@ -658,10 +753,23 @@ impl Shard {
         peer.rtc.sdp_api().accept_answer(pending, answer).map_err(rtc_error)?;
         let vp8 = peer.rtc.codec_config().params().iter().find(|p| p.spec().codec == Codec::Vp8).cloned();
         let opus = peer.rtc.codec_config().params().iter().find(|p| p.spec().codec == Codec::Opus).cloned();
+        // Video this subscriber will start: its first key frame is asked for now, while ICE and DTLS come up, not
+        // when the first packet finds the connection up (that left the first picture a key-frame round trip, about
+        // 100 ms in the browser, after the connection). One that comes before the connection is up is sent from
+        // memory (`GOP_AGE`).
+        let mut first_keyframes: Vec<(TrackId, u8)> = Vec::new();
         for out in &mut sub.outs {
             match out.state {
                 OutState::Negotiating => {
                     out.state = OutState::Open;
+                    if let Some(track) = self.tracks.get(&out.track).filter(|t| t.kind == MediaKind::Video && sub.video)
+                    {
+                        let lowest =
+                            track.layers.iter().position(|l| l.ssrc.is_some()).and_then(|i| u8::try_from(i).ok());
+                        if let Some(layer) = lowest.and_then(|l| out.selector.keyframe_wanted(l)) {
+                            first_keyframes.push((out.track, layer));
+                        }
+                    }
                     if let Some(mid) = out.mid {
                         let mut api = peer.rtc.direct_api();
                         out.ssrc = api.stream_tx_by_mid(mid, None).map(|tx| {
@@ -686,6 +794,9 @@ impl Shard {
         }
         sub.outs.retain(|o| o.state != OutState::Stopped);
         self.drain(id);
+        for (track, layer) in first_keyframes {
+            self.request_keyframe(track, usize::from(layer), KeyframeRequestKind::Pli);
+        }
         self.negotiate(id, false);
         self.run_followups();
         Ok(())
@@ -918,76 +1029,72 @@ impl Shard {
             ext.audio_level = pkt.header.ext_vals.audio_level;
             ext.voice_activity = pkt.header.ext_vals.voice_activity;
         }
+        let live = Fwd { incoming, payload: Arc::clone(&pkt.payload), marker: pkt.header.marker, descriptor };
         let mut wanted_keyframes: Vec<u8> = Vec::new();
         for sid in subscribers {
-            let Some(peer) = self.peers.get_mut(&sid) else { continue };
+            let Some(peer) = self.peers.get(&sid) else { continue };
             if peer.dead.is_some() || !peer.connected {
                 continue;
             }
-            let Role::Subscriber(sub) = &mut peer.role else { continue };
+            let Role::Subscriber(sub) = &peer.role else { continue };
             if !is_audio && !sub.video {
                 continue;
             }
+            let Some(out) = sub.outs.iter().find(|o| o.track == tid && o.state == OutState::Open) else {
+                continue;
+            };
+            // A copy that has sent nothing yet takes the newest recent key frame of a layer up to its target, and
+            // what followed it, before this packet.
+            let replay: Vec<Fwd> = match (is_audio, out.selector.current()) {
+                (false, None) => {
+                    self.tracks.get(&tid).map_or_else(Vec::new, |t| t.recent_gop(out.selector.target(), now))
+                }
+                _ => Vec::new(),
+            };
+            let Some(peer) = self.peers.get_mut(&sid) else { continue };
+            let Peer { rtc, role: Role::Subscriber(sub), owner, .. } = peer else { continue };
             let Some(out) = sub.outs.iter_mut().find(|o| o.track == tid && o.state == OutState::Open) else {
                 continue;
             };
-            let decision = out.selector.on_packet(incoming);
+            let mut failed = false;
+            for f in replay.iter().chain(std::iter::once(&live)) {
+                match write_out(rtc, out, f, &ext, is_audio, now, &self.s.metrics) {
+                    Ok(Some(switched)) => {
+                        self.s.metrics.rtp_out.fetch_add(1, Ordering::Relaxed);
+                        if switched && !is_audio {
+                            self.s.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
+                            if let (Some(mid), Some(layer)) = (out.mid, out.selector.current()) {
+                                let _ = self.s.events.send(SfuEvent::Layer {
+                                    peer: sid,
+                                    conn: owner.conn,
+                                    mid: mid.to_string(),
+                                    layer,
+                                });
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                self.kill(sid, "internal_error");
+                continue;
+            }
             if let Some(want) = out.selector.keyframe_wanted(lowest).filter(|l| !wanted_keyframes.contains(l)) {
                 wanted_keyframes.push(want);
             }
-            let Decision::Forward { seq, ts, picture_id, switched } = decision else { continue };
-            let (Some(pt), Some(out_ssrc)) = (out.pt.as_ref().map(|p| p.pt()), out.ssrc) else { continue };
-            let mut write = RtpWrite::new(pt, SeqNo::from(seq), ts, now, Arc::clone(&pkt.payload))
-                .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(!is_audio);
-            if let (Some(pid), Some(d)) = (picture_id, descriptor) {
-                if let Ok(patch) = d.patch().picture_id(pid).build() {
-                    write = write.vp8_patch(patch);
-                }
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(sid);
             }
-            let mid = out.mid;
-            let layer_now = out.selector.current();
-            let metrics = &self.s.metrics;
-            let written = catch_unwind(AssertUnwindSafe(|| match peer.rtc.direct_api().stream_tx(&out_ssrc) {
-                // Its queue is full (as str0m last sampled it): dropped after the selector numbered it, so the
-                // subscriber sees the gap as loss.
-                Some(tx) if tx.queue_info().is_some_and(|q| q.packet_count() >= MAX_BACKLOG) => {
-                    metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                Some(tx) => {
-                    tx.write_rtp(write);
-                    true
-                }
-                None => false,
-            }));
-            match written {
-                Ok(true) => {
-                    self.s.metrics.rtp_out.fetch_add(1, Ordering::Relaxed);
-                    if switched && !is_audio {
-                        self.s.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
-                        if let (Some(mid), Some(layer)) = (mid, layer_now) {
-                            let _ = self.s.events.send(SfuEvent::Layer {
-                                peer: sid,
-                                conn: peer.owner.conn,
-                                mid: mid.to_string(),
-                                layer,
-                            });
-                        }
-                    }
-                }
-                Ok(false) => {}
-                Err(_) => {
-                    self.kill(sid, "internal_error");
-                    continue;
-                }
-            }
-            if let Some(peer) = self.peers.get_mut(&sid) {
-                if !peer.dirty {
-                    peer.dirty = true;
-                    self.dirty.push(sid);
-                }
+        }
+        if !is_audio {
+            if let Some(l) = self.tracks.get_mut(&tid).and_then(|t| t.layers.get_mut(layer)) {
+                l.keep(live, now);
             }
         }
         for layer in wanted_keyframes {
@@ -1201,5 +1308,65 @@ fn on_event(id: PeerId, peer: &mut Peer, e: Event, followups: &mut Vec<Followup>
             followups.push(Followup::Estimate(id, estimate.as_u64()));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(seq: u64, key: bool) -> Fwd {
+        let incoming = Incoming { layer: 0, seq, ts: 0, keyframe_start: key, picture_id: None, now_ms: 0 };
+        Fwd { incoming, payload: Arc::from(&[0u8][..]), marker: false, descriptor: None }
+    }
+
+    fn seqs(g: Option<&[Fwd]>) -> Vec<u64> {
+        g.map(|g| g.iter().map(|f| f.incoming.seq).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_layer_keeps_its_recent_key_frame_and_what_followed_for_a_starting_subscriber() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = LayerIn::new();
+        l.keep(fwd(1, false), t0);
+        assert!(l.recent_gop(t0).is_none(), "nothing before a key frame");
+        l.keep(fwd(2, true), ms(10));
+        l.keep(fwd(3, false), ms(40));
+        assert_eq!(seqs(l.recent_gop(ms(50))), [2, 3]);
+        assert!(l.recent_gop(ms(10) + GOP_AGE).is_none(), "too old to start a subscriber with");
+        l.keep(fwd(4, false), ms(20) + GOP_AGE);
+        assert!(l.gop.is_empty() && l.gop_at.is_none(), "dropped once too old");
+        l.keep(fwd(5, true), ms(400));
+        assert_eq!(seqs(l.recent_gop(ms(400))), [5], "a new key frame starts afresh");
+        for seq in 6..(5 + GOP_PACKETS as u64) {
+            l.keep(fwd(seq, false), ms(401));
+        }
+        assert_eq!(l.gop.len(), GOP_PACKETS);
+        l.keep(fwd(1000, false), ms(402));
+        assert!(l.recent_gop(ms(402)).is_none(), "a key frame followed by more than the cap is not kept");
+    }
+
+    #[test]
+    fn a_track_offers_the_highest_layer_up_to_the_target_with_a_recent_key_frame() {
+        let t0 = Instant::now();
+        let mut layers = vec![LayerIn::new(), LayerIn::new(), LayerIn::new()];
+        layers[0].keep(fwd(10, true), t0);
+        layers[2].keep(fwd(30, true), t0);
+        let track = Track {
+            room: "r".into(),
+            publisher: PeerId(1),
+            device: "d".into(),
+            source: Source::Camera,
+            kind: MediaKind::Video,
+            rids: Vec::new(),
+            layers,
+            level: (0.0, 0),
+        };
+        let first = |target| track.recent_gop(target, t0).iter().map(|f| f.incoming.seq).collect::<Vec<_>>();
+        assert_eq!(first(2), [30]);
+        assert_eq!(first(1), [10], "layer 1 has none: the next one down");
+        assert_eq!(first(0), [10]);
+        assert_eq!(first(7), [30], "a target above the top layer is the top layer");
     }
 }
