@@ -9,7 +9,7 @@
 // (key packages, the DS's Add, the teacher's commit, a Welcome); with --reopen it is kept, and the student comes
 // back as the device of the round before (its group state restored from localStorage, no Welcome).
 // Prints one JSON object: per-round step times and the median and max. Usage:
-//   node bench/first-frame.mjs [--rounds 7] [--students 10] [--reopen]   (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release)
+//   node bench/first-frame.mjs [--rounds 7] [--students 10] [--reopen] [--trace FILE]   (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release)
 import { spawn } from "node:child_process";
 import { clientBin, debug, launch, person, signUp, startServer, teacherStartsSession, uniqueEmail, until } from "../tests/lib.mjs";
 
@@ -20,6 +20,7 @@ const arg = (name, dflt) => {
 const ROUNDS = arg("--rounds", 7);
 const STUDENTS = arg("--students", 10);
 const REOPEN = process.argv.includes("--reopen");
+const TRACE = process.argv.includes("--trace") ? process.argv[process.argv.indexOf("--trace") + 1] : undefined;
 
 const server = await startServer();
 const browser = await launch();
@@ -90,6 +91,9 @@ try {
       await p.close();
     }
     const page = await s.ctx.newPage();
+    // --trace FILE: a Chromium trace of the last round (open it in chrome://tracing or Perfetto).
+    const tracing = TRACE !== undefined && rounds.length === ROUNDS - 1;
+    if (tracing) await browser.startTracing(page, { path: TRACE, categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "v8.wasm", "blink.user_timing", "toplevel"] });
     await page.goto(`${server.url}/#/live/${session}`);
     const marks = await until("the first decoded teacher frame", async () => {
       const m = await debug(page, "marks");
@@ -103,8 +107,9 @@ try {
         .map((e) => `${new URL(e.name).pathname.split("/").slice(2, 4).join("/")} ${Math.round(e.startTime)}-${Math.round(e.responseEnd)}`);
       const at = (name) => performance.getEntriesByName(name)[0]?.startTime;
       const wasm = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".wasm"));
-      return { core_start: at("core_start"), wasm_loaded: wasm?.responseEnd, core_ready: at("core_ready"), nav_request: n.requestStart, nav_response: n.responseEnd, js_loaded: js?.responseEnd, dom_interactive: n.domInteractive, fetches };
+      return { core_start: at("core_start"), wasm_loaded: wasm?.responseEnd, core_compiled: at("core_compiled"), core_ready: at("core_ready"), nav_request: n.requestStart, nav_response: n.responseEnd, js_loaded: js?.responseEnd, dom_interactive: n.domInteractive, fetches };
     });
+    if (tracing) await browser.stopTracing();
     for (const [k, v] of Object.entries(nav)) if (typeof v === "number") nav[k] = Math.round(v);
     rounds.push({ ...nav, ...marks });
     await page.close();

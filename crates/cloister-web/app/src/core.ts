@@ -9,9 +9,12 @@ let ready: Promise<unknown> | null = null;
 
 /** The compiled module (fetched and compiled off the main thread; without a wasm MIME type, from the bytes). */
 export function coreModule(): Promise<WebAssembly.Module> {
-  compiled ??= WebAssembly.compileStreaming(fetch(wasmUrl)).catch(async () =>
-    WebAssembly.compile(await (await fetch(wasmUrl)).arrayBuffer()),
-  );
+  compiled ??= WebAssembly.compileStreaming(fetch(wasmUrl))
+    .catch(async () => WebAssembly.compile(await (await fetch(wasmUrl)).arrayBuffer()))
+    .then((m) => {
+      performance.mark("core_compiled");
+      return m;
+    });
   return compiled;
 }
 
