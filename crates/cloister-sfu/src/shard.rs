@@ -2,12 +2,13 @@
 //! the [`Sfu`](crate::Sfu) handle. Each `Rtc` is driven by the str0m contract: one mutation, then `poll_output` until
 //! it returns a timeout.
 
+use crate::egress::Egress;
 use crate::simulcast::{choose_layer, Decision, Incoming, Selector};
 use crate::{Command, Owner, PeerId, Router, SfuError, SfuEvent, SfuMetrics, ShardMsg, Source, TrackInfo};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -20,7 +21,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, PacerReason, Reason, Rtc};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How often layers, speakers and liveness are reviewed.
@@ -45,6 +46,8 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 const MAX_BACKLOG: usize = 64;
 /// RTP from a publisher that waited longer than this in the shard's queue is dropped, not forwarded.
 const STALE_INPUT: Duration = Duration::from_millis(200);
+/// The pacer's gate timeout is 1 us after its last `handle_timeout`; one further off is something else.
+const IMMEDIATE: Duration = Duration::from_micros(100);
 /// A layer with no packet for this long counts as not received.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Audio level (RFC 6464, -dBov) at or below which a track counts as speaking.
@@ -52,7 +55,7 @@ const SPEAKING_LEVEL: f64 = 50.0;
 
 pub(crate) struct ShardSetup {
     pub index: usize,
-    pub socket: Arc<UdpSocket>,
+    pub egress: Arc<Egress>,
     pub advertised: SocketAddr,
     pub router: Arc<Router>,
     pub events: UnboundedSender<SfuEvent>,
@@ -255,6 +258,8 @@ pub(crate) struct Shard {
     dirty: Vec<PeerId>,
     /// A peer died since the last reap.
     reap_due: bool,
+    /// What the current drain is sending, so that one peer's run goes out together.
+    out: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 /// Puts one packet through a subscriber copy's selector and, if it lets it through, onto the copy's stream: whether
@@ -297,6 +302,12 @@ fn write_out(
     written.map(|w| w.then_some(switched)).map_err(|_| ())
 }
 
+/// RTP rather than RTCP (RFC 5761's demultiplexing: RTCP packet types 192-223 sit where RTP payload types 64-95
+/// would), STUN or DTLS.
+fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(64..96).contains(&(datagram[1] & 0x7f))
+}
+
 fn rtc_error(e: impl std::fmt::Display) -> SfuError {
     SfuError::new("sdp_invalid", e.to_string())
 }
@@ -316,6 +327,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             reap_due: false,
+            out: Vec::new(),
         }
     }
 
@@ -384,8 +396,7 @@ impl Shard {
             ShardMsg::Datagram { source, at, bytes } => {
                 // A shard that fell behind (every publisher packet costs a send per subscriber) drops RTP that has
                 // waited too long rather than forward it late; STUN, DTLS and RTCP are always taken.
-                let rtp = bytes.len() >= 2 && bytes[0] >> 6 == 2 && !(64..96).contains(&(bytes[1] & 0x7f));
-                if rtp && at.elapsed() > STALE_INPUT {
+                if is_rtp(&bytes) && at.elapsed() > STALE_INPUT {
                     self.s.metrics.backlog_drops.fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.datagram(source, at, &bytes);
@@ -490,29 +501,34 @@ impl Shard {
         }
     }
 
-    /// `poll_output` until a timeout: transmits go out, events become follow-ups.
+    /// `poll_output` until a timeout: transmits go out (together, at the end), events become follow-ups.
     fn drain(&mut self, id: PeerId) {
         let Some(peer) = self.peers.get_mut(&id) else { return };
         peer.dirty = false;
-        let socket = &self.s.socket;
-        let metrics = &self.s.metrics;
         let followups = &mut self.followups;
         let timers = &mut self.timers;
+        let out = &mut self.out;
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
-            // str0m's pacer hands out one queued packet per `handle_timeout` (an unpaced one as a timeout already
-            // due); a due timeout is served here, a bounded number of times, rather than through the timer heap and
-            // another turn of the loop.
+            // str0m's pacer hands out one queued packet per `handle_timeout` and then asks for another 1 us on (its
+            // gate). That, and a timeout already due, is served here with a fresh clock, a bounded number of times,
+            // rather than through the timer heap and another turn of the loop: a frame's packets to one subscriber
+            // leave in one drain, and so in one send.
             let mut due_budget = 64;
             loop {
                 if !peer.rtc.is_alive() {
                     return Err("disconnected".into());
                 }
                 match peer.rtc.poll_output().map_err(|e| e.to_string())? {
-                    Output::Timeout(t) if due_budget > 0 && t <= peer.last_now => {
-                        due_budget -= 1;
-                        peer.rtc.handle_input(Input::Timeout(peer.last_now)).map_err(|e| e.to_string())?;
-                    }
                     Output::Timeout(t) => {
+                        let gate = t <= peer.last_now + IMMEDIATE
+                            && peer.rtc.last_timeout_reason() == Reason::Pacer(PacerReason::Immediate);
+                        if due_budget > 0 && (t <= peer.last_now || gate) {
+                            due_budget -= 1;
+                            let now = Instant::now().max(t).max(peer.last_now);
+                            peer.last_now = now;
+                            peer.rtc.handle_input(Input::Timeout(now)).map_err(|e| e.to_string())?;
+                            continue;
+                        }
                         if t != peer.timeout {
                             peer.timeout = t;
                             timers.push(Reverse((t, id)));
@@ -520,13 +536,14 @@ impl Shard {
                         return Ok(());
                     }
                     Output::Transmit(t) => {
-                        metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                        let _ = socket.send_to(&t.contents, t.destination);
+                        out.push((t.destination, t.contents.into()));
                     }
                     Output::Event(e) => on_event(id, peer, e, followups),
                 }
             }
         }));
+        // Sent even when the peer failed midway: what it produced before is valid.
+        self.s.egress.send(&mut self.out);
         match result {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {

@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         bind: std::net::SocketAddr::new(ip, 0),
         shards,
         initial_estimate_bps: estimate,
+        // `SFU_GSO=0` sends datagram by datagram, to measure what GSO saves.
+        gso: std::env::var("SFU_GSO").map_or(true, |v| v != "0"),
         ..SfuConfig::default()
     };
     let (sfu, mut events) = Sfu::start(config)?;
