@@ -6,7 +6,8 @@
 //!    address on a veth made for the run (`clbench0`, 10.203.0.1/32). The kernel routes a local address through the
 //!    loopback device (`ip route get 10.203.0.1` says `local ... dev lo`): nothing leaves the machine, and the path
 //!    is the loopback path. Without root both fall back to 127.0.0.1 and Janus is skipped.
-//! 3. Measures the floor (one `send_to` of 1,200 bytes from core 0 while core 1 drains), then for N in 25, 100,
+//! 3. Measures the floors (one `send_to` of 1,200 bytes from core 0 while core 1 drains, and the same bytes four
+//!    datagrams to a UDP GSO send, as the SFU sends a frame to one subscriber), then for N in 25, 100,
 //!    400, 1,000 runs each SFU (alternating at each N) pinned to core 0 with the generator pinned to core 1, then
 //!    bisects, for each SFU, between the largest
 //!    N that meets the bar (seq-gap loss and undelivered packets each at most 0.1%, p99 added latency at most 5 ms,
@@ -162,7 +163,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     let mut log = std::fs::File::create(&log_path)?;
     let floor = load(&["floor", "--sfu-cpu", "0", "--ip", ip])?;
     let floor_us = floor["us_per_send"].as_f64().unwrap_or(f64::NAN);
-    eprintln!("xtask: loopback floor {floor_us:.2} us per 1,200-byte send_to");
+    let gso_floor_us = floor["gso4_us_per_datagram"].as_f64().unwrap_or(f64::NAN);
+    eprintln!("xtask: loopback floor {floor_us:.2} us per 1,200-byte send_to, {gso_floor_us:.2} us per datagram in GSO sends of 4");
     let mut targets = vec![Target {
         name: "cloister",
         args: vec!["--target".into(), "cloister".into(), "--host".into(), host.display().to_string()],
@@ -191,7 +193,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     if ip == IP {
         let _ = Command::new("ip").args(["link", "del", "clbench0"]).status();
     }
-    println!("\nloopback floor: {floor_us:.2} us per send_to of 1,200 bytes ({floor})\n");
+    println!(
+        "\nloopback floor: {floor_us:.2} us per send_to of 1,200 bytes, {gso_floor_us:.2} us per datagram in GSO sends of 4 \
+         ({floor})\n"
+    );
     println!(
         "| SFU | N | CPU us / egress packet | egress packets / CPU-second | added latency p50 / p99 (us) | seq loss | \
          undelivered | SFU core | generator busy | RSS / subscriber (KiB) |"
@@ -218,9 +223,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             };
             if let (Some(ours), Some(theirs)) = (at(&targets[0]), at(&targets[1])) {
                 println!(
-                    "N={n}: CPU per egress packet ours / Janus = {:.2}; ours / floor = {:.2}",
+                    "N={n}: CPU per egress packet ours / Janus = {:.2}; ours / floor = {:.2}; ours / GSO floor = {:.2}",
                     ours / theirs,
-                    ours / floor_us
+                    ours / floor_us,
+                    ours / gso_floor_us
                 );
             }
         }

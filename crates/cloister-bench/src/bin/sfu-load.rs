@@ -4,7 +4,8 @@
 //!   [--janus-loops K]`: starts the SFU pinned to core C (with `taskset`), connects one publisher and N
 //!   subscribers, measures for the window and prints one JSON line.
 //! - `sfu-load floor --sfu-cpu C [--count K]`: the cost of one loopback UDP send of a 1,200-byte datagram from a
-//!   process pinned to core C while this one drains the receiving socket; prints one JSON line.
+//!   process pinned to core C while this one drains the receiving socket, and the cost per datagram when they go
+//!   four at a time in one UDP GSO send (as the SFU sends a frame's packets to one subscriber); prints one JSON line.
 //!
 //! Run it pinned to another core (`taskset -c 1 sfu-load ...`); the xtask does.
 
@@ -679,12 +680,21 @@ async fn run(args: &[String]) -> anyhow::Result<Value> {
     }))
 }
 
-/// The loopback send floor: a child pinned to the SFU's core sends `count` datagrams of 1,200 bytes with one
-/// `send_to` each; this process drains them.
+/// The loopback send floors: one `send_to` per datagram, and four datagrams per UDP GSO send.
 async fn floor(args: &[String]) -> anyhow::Result<Value> {
     let cpu: usize = num(args, "--sfu-cpu", 0);
     let count: u64 = num(args, "--count", 500_000);
     let ip: std::net::IpAddr = num(args, "--ip", std::net::IpAddr::from([127, 0, 0, 1]));
+    let mut v = floor_with(cpu, count, ip, 1).await?;
+    let gso = floor_with(cpu, count, ip, 4).await?;
+    v["gso4_us_per_datagram"] = gso["us_per_send"].clone();
+    v["gso4_received"] = gso["received"].clone();
+    Ok(v)
+}
+
+/// A child pinned to the SFU's core sends `count` datagrams of 1,200 bytes, `segments` to a send (1: `send_to`,
+/// more: one UDP GSO send); this process drains them.
+async fn floor_with(cpu: usize, count: u64, ip: std::net::IpAddr, segments: u64) -> anyhow::Result<Value> {
     let sink = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
     let addr = sink.local_addr()?;
     sink.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -700,7 +710,7 @@ async fn floor(args: &[String]) -> anyhow::Result<Value> {
     let out = tokio::process::Command::new("taskset")
         .args(["-c", &cpu.to_string()])
         .arg(me)
-        .args(["send-floor", &addr.to_string(), &count.to_string()])
+        .args(["send-floor", &addr.to_string(), &count.to_string(), &segments.to_string()])
         .output()
         .await?;
     let v: Value = serde_json::from_slice(&out.stdout).context("send-floor output")?;
@@ -714,11 +724,24 @@ async fn floor(args: &[String]) -> anyhow::Result<Value> {
 fn send_floor(args: &[String]) -> anyhow::Result<()> {
     let to: SocketAddr = args.first().context("address")?.parse()?;
     let count: u64 = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(500_000);
+    let segments: u64 = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(1).max(1);
     let s = std::net::UdpSocket::bind(SocketAddr::new(to.ip(), 0))?;
     let payload = [0x5au8; 1200];
     let (t, c) = (Instant::now(), cpu_time(std::process::id())?);
-    for _ in 0..count {
-        s.send_to(&payload, to)?;
+    if segments == 1 {
+        for _ in 0..count {
+            s.send_to(&payload, to)?;
+        }
+    } else {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let run: Vec<std::io::IoSlice<'_>> = (0..segments).map(|_| std::io::IoSlice::new(&payload)).collect();
+        let size = 1200u16;
+        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+        let dest = SockaddrStorage::from(to);
+        for _ in 0..count / segments {
+            sendmsg(s.as_raw_fd(), &run, &cmsg, MsgFlags::empty(), Some(&dest))?;
+        }
     }
     let (elapsed, cpu) = (t.elapsed(), cpu_time(std::process::id())? - c);
     println!("{}", json!({"elapsed_ns": elapsed.as_nanos() as f64, "cpu_ns": cpu.as_nanos() as f64}));
