@@ -204,23 +204,40 @@ test("teacher and two students: camera, screen, chat, Q&A, hands, safety code", 
   }
   assert.ok(!server.log().includes(canary), "a canary is in the server's log");
 
-  // Screenshots: desktop and phone widths, teacher and student.
+  // Screenshots at desktop, tablet and phone widths, teacher and student, and the layout each width should have:
+  // desktop puts the panels beside the stage, tablet and phone below it; nothing sticks out sideways; the stage
+  // spans the width it is given.
+  const layout = (p) =>
+    p.evaluate(() => {
+      const box = (s) => document.querySelector(s).getBoundingClientRect();
+      const stage = box(".stage-wrap");
+      const side = box(".side");
+      return {
+        beside: side.left >= stage.right - 1 && side.top < stage.bottom,
+        below: side.top >= stage.bottom - 1,
+        stageShare: stage.width / document.documentElement.clientWidth,
+        overflow: document.documentElement.scrollWidth > window.innerWidth + 1,
+      };
+    });
   for (const [who, p] of [
     ["teacher", teacher.page],
     ["student", s1.page],
   ]) {
     await openTab(p, "Chat");
-    await p.setViewportSize({ width: 1280, height: 800 });
-    await p.waitForTimeout(500);
-    await p.screenshot({ path: join(artifacts, `${who}-desktop.png`) });
-    await p.setViewportSize({ width: 820, height: 1180 });
-    await p.waitForTimeout(800);
-    await p.screenshot({ path: join(artifacts, `${who}-tablet.png`), fullPage: true });
-    await p.setViewportSize({ width: 390, height: 844 });
-    await p.waitForTimeout(800);
-    await p.screenshot({ path: join(artifacts, `${who}-phone.png`), fullPage: true });
-    // Nothing sticks out sideways at phone width.
-    assert.ok(await p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), `${who}: no horizontal scroll at 390 px`);
+    for (const [width, height, name, place, share] of [
+      [1280, 800, "desktop", "beside", 0.55],
+      [820, 1180, "tablet", "below", 0.9],
+      [390, 844, "phone", "below", 0.9],
+    ]) {
+      await p.setViewportSize({ width, height });
+      await p.waitForTimeout(width === 1280 ? 500 : 800);
+      await p.screenshot({ path: join(artifacts, `${who}-${name}.png`), fullPage: width !== 1280 });
+      const l = await layout(p);
+      const what = `${who} at ${width} px: ${JSON.stringify(l)}`;
+      assert.ok(l[place], `${what}: the panels should be ${place} the stage`);
+      assert.ok(!l.overflow, `${what}: the page scrolls sideways`);
+      assert.ok(l.stageShare >= share, `${what}: the stage is narrower than ${share} of the page`);
+    }
     await p.setViewportSize({ width: 1280, height: 800 });
   }
 });
