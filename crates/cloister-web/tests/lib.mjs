@@ -54,6 +54,35 @@ export async function startServer(extra = []) {
   };
 }
 
+// Chromium keeps one value of a repeated `--disable-features` (the last), and Playwright passes its own list before
+// the caller's arguments: a list of ours alone would silently switch Playwright's back on (its AI-mode and
+// search-preconnect requests, its rendering fixes). So ours repeats Playwright's (1.65.1, as package-lock.json pins
+// it; harness.test.mjs checks the browser got every one of them) and adds:
+// - WebRtcHideLocalIpsWithMdns: loopback host candidates in the clear, so peers on 127.0.0.1 connect;
+// - WebUIOmniboxPopup, WebUIOmniboxAimPopup: headless Chromium opens every page in a window of its own and loads
+//   that window's omnibox popup, a WebUI app, in a renderer: 1.5-1.9 s of CPU per window (measured from the process's
+//   utime+stime), which on a 2-core machine competes with the page under test. A student's browser has its windows
+//   open already; the tests and the first-frame benchmark should not pay for a new one on every page.
+export const playwrightDisabledFeatures = [
+  "AvoidUnnecessaryBeforeUnloadCheckSync",
+  "DestroyProfileOnBrowserClose",
+  "HttpsUpgrades",
+  "HttpsFirstBalancedModeAutoEnable",
+  "LensOverlay",
+  "MediaRouter",
+  "PaintHolding",
+  "ThirdPartyStoragePartitioning",
+  "AvoidCorsURLLoaderRestartOnRedirect",
+  "TcpPortRandomizationWin",
+  "OptimizationHints",
+  "NetworkTimeServiceQuerying",
+  "AimEnabled",
+  "PreconnectToSearch",
+  "msForceBrowserSignIn",
+  "msEdgeUpdateLaunchServicesPreferredVersion",
+];
+export const ourDisabledFeatures = ["WebRtcHideLocalIpsWithMdns", "WebUIOmniboxPopup", "WebUIOmniboxAimPopup"];
+
 export const chromiumArgs = [
   "--no-sandbox",
   "--headless=new",
@@ -68,7 +97,7 @@ export const chromiumArgs = [
   "--auto-accept-this-tab-capture",
   "--autoplay-policy=no-user-gesture-required",
   "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  `--disable-features=${[...playwrightDisabledFeatures, ...ourDisabledFeatures].join(",")}`,
   "--disable-renderer-backgrounding",
   "--disable-background-timer-throttling",
   "--disable-backgrounding-occluded-windows",

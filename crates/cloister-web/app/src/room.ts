@@ -95,6 +95,8 @@ export class Room {
     private readonly on: RoomEvents,
     /** localStorage when this tab owns the room's state (see store.ts), else sessionStorage. */
     private readonly storage: Storage,
+    /** A ticket asked for before the room was built (the router's), used by the first connection only. */
+    private firstTicket?: Promise<{ ticket: string }>,
   ) {
     this.device = "web-" + Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
   }
@@ -201,16 +203,8 @@ export class Room {
     let ticket: string;
     try {
       mark("ticket_asked");
-      const asked = api.ticket();
-      // A new device's key packages are made while the ticket and the WebSocket are on their way.
-      if (!this.inGroup && !this.uploaded && !(this.host && !this.created) && this.keyPackages === null) {
-        try {
-          this.keyPackages = this.client?.key_package_batch(2, true) ?? null;
-          mark("kp_made");
-        } catch {
-          this.keyPackages = null; // made again (and any error shown) when the server is ready
-        }
-      }
+      const asked = this.firstTicket ?? api.ticket();
+      this.firstTicket = undefined;
       ticket = (await asked).ticket;
       mark("ticket");
     } catch (e) {
@@ -251,6 +245,16 @@ export class Room {
         this.retry();
       }
     };
+    // A new device's key packages are made while the WebSocket's handshake is on its way (no frame is handled
+    // before this returns).
+    if (!this.inGroup && !this.uploaded && !(this.host && !this.created) && this.keyPackages === null) {
+      try {
+        this.keyPackages = this.client?.key_package_batch(2, true) ?? null;
+        mark("kp_made");
+      } catch {
+        this.keyPackages = null; // made again (and any error shown) when the server is ready
+      }
+    }
   }
 
   private retry(): void {

@@ -65,6 +65,8 @@ function preview(el: HTMLVideoElement, track: MediaStreamTrack | undefined): boo
 export interface Early {
   session: ReturnType<typeof api.liveSession>;
   seat: ReturnType<typeof api.admit>;
+  /** The first WebSocket ticket; the room asks for its own when it reconnects. */
+  ticket: ReturnType<typeof api.ticket>;
 }
 
 export async function liveRoom(me: Me, sessionId: string, early?: Early): Promise<void> {
@@ -231,7 +233,7 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
       media.post({ t: "key", epoch, leaf, key, send }, [key.buffer]);
     },
     reconnected: () => void media.reconnect(),
-  }, store.storage);
+  }, store.storage, early?.ticket);
 
   const media = new Media(sessionId, {
     signal: (f) => room.sendMedia(f),
