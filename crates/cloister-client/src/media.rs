@@ -537,7 +537,7 @@ async fn build_pc(bind: std::net::IpAddr, receive_tracks: bool) -> anyhow::Resul
     let (ctx, connected) = mpsc::unbounded_channel();
     let (ttx, tracks) = mpsc::unbounded_channel();
     let handler = Arc::new(Handler { gathered: gtx, connected: ctx, tracks: receive_tracks.then_some(ttx) });
-    // No mDNS: host candidates are plain IPs (the SFU is ice-lite and learns the address from our checks anyway),
+    // No mDNS: host candidates are plain IPs (the SFU learns the address from our checks anyway),
     // and joining the multicast group fails on hosts without a multicast route.
     let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
     let pc = PeerConnectionBuilder::new()

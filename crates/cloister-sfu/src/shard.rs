@@ -589,7 +589,10 @@ impl Shard {
     fn new_rtc(&self, subscriber: bool) -> Result<Rtc, SfuError> {
         let mut config = Rtc::builder()
             .set_rtp_mode(true)
-            .set_ice_lite(true)
+            // Full ICE: as ICE-lite, str0m sends no DTLS ServerHello before the pair is nominated, and Chromium
+            // nominated with its second check, ~60 ms after the first, on every connection (pcap, BENCHMARKS.md).
+            // Candidates of the peer are learned from its checks (peer-reflexive), so answers need none.
+            .set_ice_lite(false)
             .set_crypto_provider(Arc::clone(&self.s.crypto))
             .clear_codecs()
             .enable_vp8(true)
