@@ -331,26 +331,34 @@ impl Core {
             }
         }
         for d in removed {
+            // A removed member loses its media connections in this session at once (it has no keys for the next
+            // epoch either).
+            self.end_media(d, group, m);
             for conn in self.conns_of(d) {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.groups.remove(group);
-                    // A removed member loses its media connections in this session at once (it has no keys for the
-                    // next epoch either).
-                    let peers: Vec<u64> = c.media.iter().filter(|(_, (g, _))| g == group).map(|(p, _)| *p).collect();
-                    for p in &peers {
-                        c.media.remove(p);
-                    }
-                    for p in peers {
-                        if let Some(sfu) = &self.sfu {
-                            sfu.close(cloister_sfu::PeerId(p));
-                        }
-                        let closed = ServerFrame::MediaClosed { peer: p, code: "not_a_member".into() };
-                        self.push(conn, encode(&closed), m);
-                    }
                 }
                 if let Some(state) = self.groups.get_mut(group) {
                     state.subscribers.remove(&conn);
                 }
+            }
+        }
+    }
+
+    /// Ends `device`'s media connections in `group` (`not_a_member`).
+    pub(crate) fn end_media(&mut self, device: &Device, group: &[u8], m: &LiveMetrics) {
+        for conn in self.conns_of(device) {
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            let peers: Vec<u64> = c.media.iter().filter(|(_, (g, _))| g == group).map(|(p, _)| *p).collect();
+            for p in &peers {
+                c.media.remove(p);
+            }
+            for p in peers {
+                if let Some(sfu) = &self.sfu {
+                    sfu.close(cloister_sfu::PeerId(p));
+                }
+                let closed = ServerFrame::MediaClosed { peer: p, code: "not_a_member".into() };
+                self.push(conn, encode(&closed), m);
             }
         }
     }
@@ -857,6 +865,7 @@ impl LiveHub {
                 let pending: BTreeSet<Device> = g.leaving().cloned().collect();
                 let targets: Vec<Device> =
                     g.members().iter().filter(|d| d.0 == user && !pending.contains(*d)).cloned().collect();
+                let joining: Vec<Device> = g.joining().filter(|d| d.0 == user).cloned().collect();
                 if targets.is_empty() {
                     return Some(refused(Some(id), "not_a_member", "that user has no device in the session's group"));
                 }
@@ -885,6 +894,10 @@ impl LiveHub {
                 }
                 if let Some(st) = core.groups.get_mut(&gid) {
                     st.removed.insert(user.clone());
+                }
+                // The user's devices still joining may receive media (see `media`): that ends now too.
+                for d in &joining {
+                    core.end_media(d, &gid, &self.metrics);
                 }
                 kicked = UserId::parse(&user);
                 ServerFrame::Ok { id, seq: Some(last), epoch: None, held: None, live: None }

@@ -1,10 +1,12 @@
 //! Media signaling on the live-session WebSocket: the SFU's offers and answers, who may publish and subscribe, the
 //! stage, and the SFU's events routed back to connections.
 //!
-//! Who may do what is decided here from the delivery service's view of the session's MLS group: only a current member
-//! device may subscribe; only the course's staff and members the staff put on stage may publish. A member removed
-//! from the group loses its media connections in that session when the Remove is delivered; a member taken off stage
-//! loses its publish connections at once.
+//! Who may do what is decided here from the delivery service's view of the session's MLS group: a current member
+//! device may subscribe, and so may a device the service has proposed to add (the server admitted it and its Add
+//! waits for the committer), so that a joining device's media connection comes up while its Welcome is on its way
+//! and being processed; what it receives before its Welcome is ciphertext it has no key for yet. Only the course's
+//! staff and members the staff put on stage may publish. A member removed from the group loses its media connections
+//! in that session when the Remove is delivered; a member taken off stage loses its publish connections at once.
 
 use crate::live::{encode, ok, refused, LiveHub};
 use cloister_ds::Device;
@@ -41,14 +43,16 @@ fn tracks(list: Vec<cloister_sfu::TrackInfo>) -> Vec<MediaTrack> {
 }
 
 impl LiveHub {
-    /// Checks that `dev` is a member of `session`'s group (and, for `publish`, staff or on stage).
+    /// Checks that `dev` is a member of `session`'s group, or (to subscribe) a device whose Add waits for a commit;
+    /// to publish, a member that is staff or on stage.
     fn media_allowed(&self, id: u64, session: &str, dev: &Device, publish: bool) -> Result<(), ServerFrame> {
         let gid = session.as_bytes();
         let core = self.core();
         let (Some(state), Some(group)) = (core.groups.get(gid), core.ds.group(gid)) else {
             return Err(refused(Some(id), "unknown_group", "no live group for this session"));
         };
-        if !group.is_member(dev) {
+        let joining = !publish && group.joining().any(|d| d == dev);
+        if !group.is_member(dev) && !joining {
             return Err(refused(Some(id), "not_a_member", "only members of the session's group have media"));
         }
         if publish && !state.staff.contains(&dev.0) && !state.staged.contains(&dev.0) {
