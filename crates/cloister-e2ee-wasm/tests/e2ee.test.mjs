@@ -72,6 +72,20 @@ test('a media worker keyring drops a duplicate frame without an error and refuse
   assert.deepEqual(receiver.open('vp8', next, now()), frame, 'the next frame still opens');
 });
 
+test('a frame whose epoch has no key yet fails with the message the media worker holds frames on, and opens later', () => {
+  const { teacher, student } = classOfTwo();
+  const sender = new wasm.MediaKeys(0);
+  sender.install(teacher.epoch(), 0, teacher.media_epoch_key(), now());
+  const frame = new Uint8Array(200).map((_, i) => (i * 5) & 0xff);
+  frame[0] = 0x11;
+  const wire = sender.seal(0, 'vp8', frame);
+  const receiver = new wasm.MediaKeys(1);
+  // e2ee-worker.ts compares this message (NO_KEY) to tell "wait for the key" from a failure.
+  assert.throws(() => receiver.open('vp8', wire, now()), { message: 'no key for that epoch' });
+  receiver.install(student.epoch(), 1, student.media_epoch_key(), now());
+  assert.deepEqual(receiver.open('vp8', wire, now()), frame, 'the held frame opens once its key is in');
+});
+
 test('a chat message decrypts on the other side', () => {
   const { teacher, student } = classOfTwo();
   const bytes = student.send(JSON.stringify({ type: 'chat', text: 'hello from wasm' }));

@@ -441,6 +441,34 @@ test("a student the teacher removes stops decoding after the next epoch", { time
   assert.equal(await debug(s1.page, "safetyCode"), await debug(teacher.page, "safetyCode"));
 });
 
+test("a joining student's media starts before its Welcome: the frames that come first wait for the keys, none fails", { timeout: 90_000 }, async () => {
+  const s4 = await person(browser, server.url);
+  people.s4 = s4;
+  await signUp(s4.page, "student4");
+  // The page gets its Welcome, and every delivery-service frame after it (in order), 2 s late; media signaling
+  // passes at once. So the teacher's frames reach the media worker before the epoch's keys do.
+  let late = null;
+  await s4.page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
+    const srv = ws.connectToServer();
+    srv.onMessage((m) => {
+      const f = JSON.parse(String(m));
+      const media = f.t.startsWith("media_") || f.t === "speaker" || f.t === "staged" || ((f.t === "ok" || f.t === "error") && f.id >= 2 ** 40);
+      if (late === null && f.t === "welcome") late = new Promise((ok) => setTimeout(ok, 2000));
+      if (late === null || media) ws.send(m);
+      else late = late.then(() => ws.send(m));
+    });
+  });
+  await studentJoins(s4.page, /#\/course\/(\S+)/.exec(people.courseUrl)[1]);
+  await until("the student decodes the teacher's camera", async () => ((await decoded(s4.page))["teacher:camera"] ?? 0) > 30, 60_000);
+  assert.ok(late !== null, "a Welcome came");
+  const rs = await debug(s4.page, "receivers");
+  const camera = rs.find((r) => r.source === "camera");
+  assert.ok(camera !== undefined && camera.held > 0, `camera frames waited for the keys: ${JSON.stringify(rs)}`);
+  for (const r of rs) assert.equal(r.failed, 0, `no ${r.source} frame failed: ${JSON.stringify(r)}`);
+  assert.equal(await debug(s4.page, "indicator"), "End-to-end encrypted");
+  await s4.page.close();
+});
+
 test("a receiver with a wrong key decodes no frames and its indicator names the sender", { timeout: 90_000 }, async () => {
   // A third student joins late, decodes, and then gets a wrong key.
   const { s1 } = people;

@@ -63,7 +63,7 @@ export async function startServer(extra = []) {
 //   that window's omnibox popup, a WebUI app, in a renderer: 1.5-1.9 s of CPU per window (measured from the process's
 //   utime+stime), which on a 2-core machine competes with the page under test. A student's browser has its windows
 //   open already; the tests and the first-frame benchmark should not pay for a new one on every page.
-export const playwrightDisabledFeatures = [
+const playwrightDisabledFeatures = [
   "AvoidUnnecessaryBeforeUnloadCheckSync",
   "DestroyProfileOnBrowserClose",
   "HttpsUpgrades",

@@ -1,6 +1,8 @@
 // The media worker: every sender's and receiver's encoded frames pass through here (RTCRtpScriptTransform, or
 // the createEncodedStreams fallback's streams posted in). Sealing and opening use the wasm core's MediaKeys with
-// the epoch keys the page hands over; a frame without a key is dropped, never sent in the clear.
+// the epoch keys the page hands over; a frame without a key is dropped, never sent in the clear. A received frame
+// whose epoch has no key yet waits for it (a joining member's media starts while its Welcome is processed, and a
+// sender may switch to a new epoch a moment before this page has its key), in order, for at most HOLD_MS.
 import { loadCore, MediaKeys } from "./core";
 
 export type Codec = "vp8" | "opus";
@@ -38,6 +40,8 @@ export interface ReceiverStats {
   failed: number;
   /** Frames dropped as already opened (or too far behind): duplicates, not failures. */
   dropped: number;
+  /** Frames that came before their epoch's key and waited for it (opened or failed after). */
+  held: number;
   lastError: string;
   lastOpenedAt: number;
   lastFailedAt: number;
@@ -72,7 +76,22 @@ const scope = self as unknown as Scope;
 let keys: MediaKeys | null = null;
 let haveKey = false;
 let wrongKeys = false;
-const receivers = new Map<string, ReceiverStats & { transformer: ScriptTransformer | null; askedKeyFrame: number }>();
+
+/** How long, and how many, received frames may wait for their epoch's key before they count as failed. */
+const HOLD_MS = 3000;
+const HOLD_MAX = 400;
+/** MediaKeys.open's error for a frame whose epoch has no key (cloister-e2ee's MediaError::UnknownEpoch). */
+const NO_KEY = "no key for that epoch";
+
+interface Receiver extends ReceiverStats {
+  transformer: ScriptTransformer | null;
+  askedKeyFrame: number;
+  codec: Codec;
+  /** Frames waiting for their epoch's key, oldest first, with when each came. */
+  waiting: { frame: EncodedFrame; at: number }[];
+  ctrl: TransformStreamDefaultController<EncodedFrame> | null;
+}
+const receivers = new Map<string, Receiver>();
 const senders = new Set<ScriptTransformer>();
 let sealed = 0;
 let unsealed = 0;
@@ -100,53 +119,91 @@ function seal(o: SendOptions) {
   });
 }
 
-function first(o: ReceiveOptions, what: "in" | "opened"): void {
+function first(o: { key: string; source: string }, what: "in" | "opened"): void {
   scope.postMessage({ t: "first", key: o.key, source: o.source, what, at: performance.timeOrigin + performance.now() });
 }
 
+function fail(st: Receiver, why: string): void {
+  st.failed++;
+  st.lastError = why;
+  st.lastFailedAt = now();
+}
+
+/** Opens `frame` and passes it on (or drops a replay, or counts a failure); "no_key" when its epoch has no key,
+ * leaving the frame as it was. */
+function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
+  if (keys === null) return "no_key";
+  let out: Uint8Array | undefined;
+  try {
+    out = keys.open(st.codec, new Uint8Array(frame.data), now());
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    if (why === NO_KEY) return "no_key";
+    fail(st, why);
+    return "done";
+  }
+  if (out === undefined) {
+    st.dropped++;
+    return "done";
+  }
+  frame.data = out.buffer as ArrayBuffer;
+  if (st.opened++ === 0) first(st, "opened");
+  st.lastOpenedAt = now();
+  st.ctrl?.enqueue(frame);
+  return "done";
+}
+
+/** Passes on the held frames that open now, in order, up to the first that still has no key; frames that waited
+ * too long (or too many) count as failed. */
+function release(st: Receiver): void {
+  const t = now();
+  while (st.waiting.length > 0) {
+    const w = st.waiting[0]!;
+    if (tryOpen(st, w.frame) === "no_key") {
+      if (t - w.at < HOLD_MS && st.waiting.length <= HOLD_MAX) return;
+      fail(st, keys === null ? "no keys yet" : NO_KEY);
+    }
+    st.waiting.shift();
+  }
+}
+
 function open(o: ReceiveOptions, t: ScriptTransformer | null) {
-  const st = {
+  const st: Receiver = {
     key: o.key,
     device: o.device,
     source: o.source,
     opened: 0,
     failed: 0,
     dropped: 0,
+    held: 0,
     lastError: "",
     lastOpenedAt: 0,
     lastFailedAt: 0,
     transformer: t,
     askedKeyFrame: 0,
+    codec: o.codec,
+    waiting: [],
+    ctrl: null,
   };
   receivers.set(o.key, st);
   let seen = false;
   return new TransformStream<EncodedFrame, EncodedFrame>({
     transform(frame, ctrl) {
+      st.ctrl = ctrl;
       if (!seen) {
         seen = true;
         first(o, "in");
       }
-      if (keys === null) {
-        st.failed++;
-        st.lastError = "no keys yet";
-        st.lastFailedAt = now();
+      const opened = st.opened;
+      if (tryOpen(st, frame) === "done") {
+        // Its epoch has a key and the held frames' have none (a key's arrival releases them): they are from an
+        // epoch already retired, or came out of order across a key change. Neither will open.
+        if (st.opened > opened) for (; st.waiting.length > 0; st.waiting.shift()) fail(st, NO_KEY);
         return;
       }
-      try {
-        const out = keys.open(o.codec, new Uint8Array(frame.data), now());
-        if (out === undefined) {
-          st.dropped++;
-          return;
-        }
-        frame.data = out.buffer as ArrayBuffer;
-        if (st.opened++ === 0) first(o, "opened");
-        st.lastOpenedAt = now();
-        ctrl.enqueue(frame);
-      } catch (e) {
-        st.failed++;
-        st.lastError = e instanceof Error ? e.message : String(e);
-        st.lastFailedAt = now();
-      }
+      st.held++;
+      st.waiting.push({ frame, at: now() });
+      release(st);
     },
   });
 }
@@ -195,6 +252,7 @@ scope.onmessage = (ev) => {
       else keys.install_receive(m.epoch, m.leaf, key, now());
       m.key.fill(0);
       haveKey ||= m.send;
+      for (const r of receivers.values()) release(r);
       afterKeyChange();
     } else if (m.t === "wrong_key") {
       // Test and demonstration hook: this page's keys for the epoch are replaced by random ones, so nothing
@@ -211,6 +269,7 @@ scope.onmessage = (ev) => {
 };
 
 setInterval(() => {
+  for (const r of receivers.values()) release(r); // frames that waited too long count as failed
   const list: ReceiverStats[] = [];
   for (const r of receivers.values()) {
     list.push({
@@ -220,6 +279,7 @@ setInterval(() => {
       opened: r.opened,
       failed: r.failed,
       dropped: r.dropped,
+      held: r.held,
       lastError: r.lastError,
       lastOpenedAt: r.lastOpenedAt,
       lastFailedAt: r.lastFailedAt,

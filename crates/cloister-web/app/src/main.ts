@@ -334,7 +334,7 @@ async function route(): Promise<void> {
     void loadCore();
     if (token() !== null) {
       // The WebSocket ticket too (single use, 30 s): on a busy machine asking for it once the room is built cost
-      // 50-90 ms of the join (BENCHMARKS.md, the first-frame benchmark).
+      // 40-130 ms of the join (BENCHMARKS.md, the first-frame benchmark).
       early = { session: api.liveSession(parts[1]), seat: api.admit(parts[1]), ticket: api.ticket() };
       // Read by the room; if the account lookup fails instead, their errors are not the page's to show.
       early.session.catch(() => {});

@@ -76,6 +76,8 @@ export class Media {
   private subPeer: number | null = null;
   private subRequest: number | null = null;
   private trackInfo = new Map<string, MediaTrack>();
+  /** Settles once the subscribe connection's answer to the SFU's offer is out (or the connection is gone). */
+  private answerDue: { sent: Promise<void>; settle: () => void } | null = null;
   private remotes = new Map<string, Remote>();
   private prefs = { maxLayer: 2, video: true };
   private publishing = false;
@@ -227,10 +229,17 @@ export class Media {
     if (this.sub !== null) return;
     const pc = this.newPc();
     this.sub = pc;
+    let settle = () => {};
+    const sent = new Promise<void>((ok) => (settle = ok));
+    this.answerDue = { sent, settle };
     pc.addEventListener("connectionstatechange", () => {
       if (pc.connectionState === "connected") mark("sub_connected");
     });
+    // Where the time between the answer and the connection goes (the first-frame benchmark reads these marks).
+    pc.addEventListener("iceconnectionstatechange", () => mark(`sub_ice_${pc.iceConnectionState}`));
     pc.ontrack = (ev) => {
+      const dtls = ev.receiver.transport;
+      dtls?.addEventListener("statechange", () => mark(`sub_dtls_${dtls.state}`));
       const mid = ev.transceiver.mid ?? "";
       const info = this.trackInfo.get(mid);
       const codec = ev.track.kind === "audio" ? "opus" : "vp8";
@@ -262,6 +271,10 @@ export class Media {
 
   remote(mid: string): Remote | undefined {
     return this.remotes.get(mid);
+  }
+
+  remoteTracks(): Remote[] {
+    return [...this.remotes.values()];
   }
 
   /** The server's media frames. */
@@ -305,13 +318,16 @@ export class Media {
         }
         mark("sub_remote_set");
         const answer = await this.sub.createAnswer();
-        await this.sub.setLocalDescription(answer);
-        // No wait for candidate gathering: the SFU is ICE-lite and offers its own candidate, so the browser's
-        // first connectivity check tells it our address (a peer-reflexive candidate; the browser's host
-        // candidates are mDNS names it could not use anyway), and str0m holds a check that comes before the
-        // answer until the answer's credentials arrive.
+        // The answer goes to the SFU before it is applied here: applying it starts the browser's ICE checks, and a
+        // DTLS hello that reaches the SFU before the answer is dropped there (and sent again only ~50 ms later).
+        // No wait for candidate gathering either: the SFU offers its own candidate, and the browser's first
+        // connectivity check tells it our address (a peer-reflexive candidate; the browser's host candidates are
+        // mDNS names it could not use anyway).
         mark("sub_answer");
-        this.on.signal({ t: "media_answer", peer: f.peer, sdp: this.sub.localDescription?.sdp ?? "" });
+        this.on.signal({ t: "media_answer", peer: f.peer, sdp: answer.sdp ?? "" });
+        const applied = this.sub.setLocalDescription(answer);
+        this.answered();
+        await applied;
         for (const mid of [...this.remotes.keys()]) {
           if (!f.tracks.some((t) => t.mid === mid)) {
             this.remotes.delete(mid);
@@ -353,7 +369,19 @@ export class Media {
     }
   }
 
+  /** Resolves when the subscribe connection's answer has gone out, at once when none is awaited, or after `ms`. */
+  answerSent(ms: number): Promise<void> {
+    if (this.answerDue === null) return Promise.resolve();
+    return Promise.race([this.answerDue.sent, new Promise<void>((ok) => setTimeout(ok, ms))]);
+  }
+
+  private answered(): void {
+    this.answerDue?.settle();
+    this.answerDue = null;
+  }
+
   private resetSubscribe(): void {
+    this.answered();
     this.sub?.close();
     this.sub = null;
     this.subPeer = null;

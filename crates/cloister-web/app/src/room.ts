@@ -23,6 +23,12 @@ export interface RoomEvents {
   media(f: ServerFrame): void;
   /** An epoch's media key; `send` false after a restore, for the epoch whose send counters were lost. */
   mediaKey(epoch: bigint, leaf: number, key: Uint8Array, send: boolean): void;
+  /** This device asked to join the group: it may subscribe to media now, while its Welcome is on its way (what
+   * arrives before the epoch's key is held in the media worker). */
+  joining(): void;
+  /** Resolves when a Welcome may be processed: processing it holds the page's thread, so the media connection's
+   * answer goes out first and its ICE and DTLS come up meanwhile. */
+  beforeWelcome(): Promise<void>;
   reconnected(): void;
 }
 
@@ -78,6 +84,8 @@ export class Room {
   /** Key packages made while the ticket was being fetched, not yet sent. */
   private keyPackages: string[] | null = null;
   private created = false;
+  /** The last key package upload was refused (so the join behind it fails for want of one). */
+  private kpRefused = false;
   private live = false;
   private stopped = false;
   private backoff = 250;
@@ -229,11 +237,7 @@ export class Room {
       } catch {
         return;
       }
-      try {
-        this.onFrame(f);
-      } catch (e) {
-        this.on.refused("client", e instanceof Error ? e.message : String(e));
-      }
+      this.handle(f);
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;
@@ -271,6 +275,18 @@ export class Room {
     const id = this.nextId++;
     this.inflight.set(id, r);
     return id;
+  }
+
+  /** Asks to join the group, uploading `keyPackages` first when given. The join goes right behind them without
+   * waiting for their reply (the server serves one connection's frames in order), and so may a media subscription
+   * (`joining`). */
+  private join(keyPackages?: string[]): void {
+    if (keyPackages !== undefined) {
+      this.kpRefused = false;
+      this.raw({ t: "key_packages", id: this.req({ k: "key_packages" }), key_packages: keyPackages });
+    }
+    this.raw({ t: "join", id: this.req({ k: "join" }), session: this.session });
+    this.on.joining();
   }
 
   private subscribe(): void {
@@ -341,11 +357,26 @@ export class Room {
     }
   }
 
+  /** Frames after a Welcome that waits (see `beforeWelcome`), in order; media frames do not wait. */
+  private afterWelcome: ServerFrame[] | null = null;
+
+  private handle(f: ServerFrame): void {
+    try {
+      this.onFrame(f);
+    } catch (e) {
+      this.on.refused("client", e instanceof Error ? e.message : String(e));
+    }
+  }
+
   private onFrame(f: ServerFrame): void {
     const c = this.client;
     if (c === null) return;
     if (isMedia(f)) {
       this.on.media(f);
+      return;
+    }
+    if (this.afterWelcome !== null) {
+      this.afterWelcome.push(f);
       return;
     }
     switch (f.t) {
@@ -361,13 +392,11 @@ export class Room {
           c.create_group(new TextEncoder().encode(this.session), unb64(f.external_sender), Date.now());
           this.created = true;
           this.raw({ t: "create", id: this.req({ k: "create" }), session: this.session });
-        } else if (!this.uploaded) {
-          // Sent once: a connection lost before the reply gets fresh ones.
-          const kps = this.keyPackages ?? c.key_package_batch(2, true);
-          this.keyPackages = null;
-          this.raw({ t: "key_packages", id: this.req({ k: "key_packages" }), key_packages: kps });
         } else {
-          this.raw({ t: "join", id: this.req({ k: "join" }), session: this.session });
+          // Key packages are sent once: a connection lost before the reply gets fresh ones.
+          const kps = this.uploaded ? undefined : (this.keyPackages ?? c.key_package_batch(2, true));
+          this.keyPackages = null;
+          this.join(kps);
         }
         this.on.status("joining");
         return;
@@ -380,7 +409,6 @@ export class Room {
           case "key_packages":
             mark("kp_stored");
             this.uploaded = true;
-            this.raw({ t: "join", id: this.req({ k: "join" }), session: this.session });
             return;
           case "create": {
             this.inGroup = true;
@@ -427,6 +455,7 @@ export class Room {
       case "error": {
         const r = f.id !== undefined ? this.inflight.get(f.id) : undefined;
         if (f.id !== undefined) this.inflight.delete(f.id);
+        if (r?.k === "key_packages") this.kpRefused = true;
         if (r?.k === "commit" || r?.k === "rekey") {
           if (r.k === "rekey") this.needRekey = true; // another commit won: try again at the next chance
           this.pendingCommit = null;
@@ -443,7 +472,7 @@ export class Room {
           c.free();
           this.client = new Client(this.user, this.device);
           this.created = true;
-          this.raw({ t: "key_packages", id: this.req({ k: "key_packages" }), key_packages: this.client.key_package_batch(2, true) });
+          this.join(this.client.key_package_batch(2, true));
         } else if (r?.k === "subscribe" && f.code === "not_a_member") {
           // A restored state whose device left the group meanwhile: start afresh.
           this.forget();
@@ -452,6 +481,8 @@ export class Room {
           this.on.status("refused", "This tab's place in the session's group is gone. Reload the page to join again.");
         } else if (r?.k === "join" && (f.code === "already_joining" || f.code === "already_member")) {
           /* a Welcome is on its way */
+        } else if (r?.k === "join" && f.code === "no_key_package" && this.kpRefused) {
+          /* the key packages' own refusal was shown */
         } else if (r?.k === "chat") {
           const i = this.unacked.findIndex((u) => same(u, r.m));
           if (i >= 0) this.unacked.splice(i, 1);
@@ -467,12 +498,22 @@ export class Room {
       case "welcome": {
         if (this.inGroup) return;
         mark("welcome_in");
-        c.join(unb64(f.mls), Date.now());
-        mark("welcome_done");
-        this.inGroup = true;
-        this.cursor = f.seq + 1;
-        this.newEpoch(JSON.parse(c.epoch_info()) as EpochInfo);
-        this.subscribe();
+        this.afterWelcome = [];
+        void this.on.beforeWelcome().then(() => {
+          const waiting = this.afterWelcome ?? [];
+          this.afterWelcome = null;
+          try {
+            c.join(unb64(f.mls), Date.now());
+            mark("welcome_done");
+            this.inGroup = true;
+            this.cursor = f.seq + 1;
+            this.newEpoch(JSON.parse(c.epoch_info()) as EpochInfo);
+            this.subscribe();
+          } catch (e) {
+            this.on.refused("mls_join", e instanceof Error ? e.message : String(e));
+          }
+          for (const g of waiting) this.handle(g);
+        });
         return;
       }
       case "entry": {

@@ -77,6 +77,8 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
   let courseTeachers: string[] = [];
   let courseId = "";
   let host = false;
+  // This tab's claim on the room's storage (a Web Lock, answered by the browser process) is asked meanwhile.
+  const opening = openRoomStore(sessionId, me.user_id);
   try {
     // Both at once: the seat is the server's to decide, whatever the session's details say.
     const [session, seat] = await Promise.allSettled([
@@ -106,10 +108,11 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
     if (courseId !== "" || !enrolled) {
       status.after(h("p", {}, h("a", { href: courseId !== "" ? `#/course/${courseId}` : "#/" }, "Go to the course page")));
     }
+    void opening.then((s) => s.release());
     return;
   }
   const teacher = courseTeachers.includes(me.user_id);
-  const store = await openRoomStore(sessionId, me.user_id);
+  const store = await opening;
   mark("store");
 
   // --- state
@@ -219,6 +222,7 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
       info = e;
       safety.textContent = e.safety_code;
       if (grew && myName !== "") room.say({ type: "profile", display_name: myName });
+      placeRemotes();
       renderPeople();
       renderIndicator();
     },
@@ -232,6 +236,11 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
       haveKey = true;
       media.post({ t: "key", epoch, leaf, key, send }, [key.buffer]);
     },
+    // Media on this connection as soon as the join is asked (on a reconnection too: the server ended the old
+    // connection's media). Frames that come before the Welcome's keys wait in the media worker.
+    joining: () => void media.reconnect(),
+    // The media answer first (ICE and DTLS then come up while the Welcome is processed); 300 ms at most.
+    beforeWelcome: (): Promise<void> => media.answerSent(300),
     reconnected: () => void media.reconnect(),
   }, store.storage, early?.ticket);
 
@@ -306,9 +315,17 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
   }
 
   // --- rendering
+  let scrollDue = false;
   function renderChat(): void {
     chatList.replaceChildren(...chat.map((c) => h("li", { "data-seq": c.seq }, h("b", {}, who(c.from)), ": ", c.text)));
-    chatList.scrollTop = chatList.scrollHeight;
+    // To the newest line in the next frame: reading scrollHeight now would lay the page out on the spot (in the
+    // room's first build, a forced layout on the way to the WebSocket: BENCHMARKS.md).
+    if (scrollDue) return;
+    scrollDue = true;
+    requestAnimationFrame(() => {
+      scrollDue = false;
+      chatList.scrollTop = chatList.scrollHeight;
+    });
   }
 
   function renderQuestions(): void {
@@ -405,14 +422,34 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
     }
   }
 
-  function tileFor(r: Remote): HTMLElement {
+  /** The stage's main tile for a teacher's camera or screen (by the roster); null for any other track. */
+  function mainTile(r: Remote): HTMLElement | null {
     const u = deviceUser(r.device);
     const isTeacher = u !== undefined && courseTeachers.includes(u);
     if (isTeacher && r.source === "screen") return screenTile;
     if (isTeacher && r.source === "camera") return cameraTile;
+    return null;
+  }
+
+  function tileFor(r: Remote): HTMLElement {
+    const main = mainTile(r);
+    if (main !== null) return main;
     const t = h("figure", { class: "tile", id: `tile-${r.mid}` });
     others.append(t);
     return t;
+  }
+
+  /** Tracks that arrived before the roster named their sender (a joining device's media starts before its Welcome
+   * is processed) move to the main tile once it does. */
+  function placeRemotes(): void {
+    for (const r of media.remoteTracks()) {
+      if (r.track.kind !== "video") continue;
+      const main = mainTile(r);
+      if (main !== null && main.dataset["mid"] !== r.mid) {
+        removeRemote(r.mid);
+        addRemote(r);
+      }
+    }
   }
 
   function addRemote(r: Remote): void {

@@ -16,17 +16,20 @@ export interface RoomStore {
 const PREFIXES = ["cloister.room.", "cloister.ui."];
 const MAX_AGE_MS = 24 * 3600 * 1000;
 const WAIT_MS = 1500;
+/** Pruning reads every entry whole (the group states are tens of kB): it waits until the room is up. */
+const PRUNE_AFTER_MS = 10_000;
 
 /** Stamps a value with the time it was saved, for pruning. */
 export function stamped<T extends object>(v: T): string {
   return JSON.stringify({ ...v, saved_at: Date.now() });
 }
 
-function prune(): void {
+/** Deletes the entries of rooms not saved for a day, except `keep`'s (the room open in this tab). */
+function prune(keep: string): void {
   const old = Date.now() - MAX_AGE_MS;
   for (let i = localStorage.length - 1; i >= 0; i--) {
     const k = localStorage.key(i);
-    if (k === null || !PREFIXES.some((p) => k.startsWith(p))) continue;
+    if (k === null || !PREFIXES.some((p) => k.startsWith(p)) || k.endsWith(keep)) continue;
     try {
       const v = JSON.parse(localStorage.getItem(k) ?? "null") as { saved_at?: number } | null;
       if ((v?.saved_at ?? 0) < old) localStorage.removeItem(k);
@@ -39,10 +42,17 @@ function prune(): void {
 export async function openRoomStore(session: string, user: string): Promise<RoomStore> {
   const own: RoomStore = { storage: sessionStorage, release: () => {} };
   try {
-    prune();
+    void localStorage.length;
   } catch {
     return own; // no localStorage
   }
+  setTimeout(() => {
+    try {
+      prune(`.${session}.${user}`);
+    } catch {
+      /* storage gone meanwhile */
+    }
+  }, PRUNE_AFTER_MS);
   const locks = (navigator as { locks?: LockManager }).locks;
   if (locks === undefined) return own;
   // A free lock is granted at once. A held one is waited for briefly: a reloaded page may run before the browser

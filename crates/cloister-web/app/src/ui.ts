@@ -24,15 +24,22 @@ export function clear(el: Element): void {
 
 let firstMount = true;
 
-/** Replaces the page's content. After a route change focus moves to it (screen readers announce the new page);
- * on the first page focus stays at the document's start, so the skip link is the first Tab stop. */
+/** Replaces the page's content. After a route change focus moves to it (screen readers announce the new page),
+ * unless the page put it on one of its own controls; on the first page focus stays at the document's start, so the
+ * skip link is the first Tab stop. The move waits for the next frame: focusing lays the page out, which the frame
+ * does anyway, where now it would stop the script for a layout of its own (on the way to a live room's WebSocket,
+ * BENCHMARKS.md). */
 export function mount(...children: Child[]): HTMLElement {
   const main = document.getElementById("main") as HTMLElement;
   clear(main);
   for (const c of children) if (c !== null && c !== undefined && c !== false) main.append(c);
   const heading = main.querySelector("h1");
   if (heading !== null) document.title = `${heading.textContent ?? ""} · Cloister`;
-  if (!firstMount) main.focus({ preventScroll: true });
+  if (!firstMount) {
+    requestAnimationFrame(() => {
+      if (main.isConnected && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
+    });
+  }
   firstMount = false;
   return main;
 }
