@@ -1,16 +1,18 @@
 // First-frame benchmark: the time from a student opening the session URL to the first decrypted, decoded frame of
 // the teacher's camera, with 10 students already in the room, on loopback.
 //
-// A browser teacher publishes (camera in three simulcast layers, microphone); 10 native students (cloister-client,
-// webrtc-rs) join and watch first; then a browser student, signed in and enrolled, opens the session URL in a new
+// A browser teacher publishes (camera in three simulcast layers, microphone; with --native-teacher the native
+// client publishes tests/media's three camera layers and tone instead, so no video encoder shares the machine's CPU
+// with the student, as none would in a real class); 10 native students (cloister-client, webrtc-rs) join and watch first; then a browser student, signed in and enrolled, opens the session URL in a new
 // page, ROUNDS times. The clock starts at the page's navigation start (performance.timeOrigin) and stops at the
 // first requestVideoFrameCallback of the teacher's camera, whose frames pass through the decrypting transform.
 // Each round is a first visit: the page's saved room state is deleted first, so the student joins as a new device
 // (key packages, the DS's Add, the teacher's commit, a Welcome); with --reopen it is kept, and the student comes
 // back as the device of the round before (its group state restored from localStorage, no Welcome).
 // Prints one JSON object: per-round step times and the median and max. Usage:
-//   node bench/first-frame.mjs [--rounds 7] [--students 10] [--reopen] [--trace FILE]   (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release)
+//   node bench/first-frame.mjs [--rounds 7] [--students 10] [--reopen] [--native-teacher] [--trace FILE]   (CLOISTER_BIN, CLOISTER_CLIENT_BIN: release)
 import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { clientBin, debug, launch, person, signUp, startServer, teacherStartsSession, uniqueEmail, until } from "../tests/lib.mjs";
 
 const arg = (name, dflt) => {
@@ -20,6 +22,7 @@ const arg = (name, dflt) => {
 const ROUNDS = arg("--rounds", 7);
 const STUDENTS = arg("--students", 10);
 const REOPEN = process.argv.includes("--reopen");
+const NATIVE_TEACHER = process.argv.includes("--native-teacher");
 const TRACE = process.argv.includes("--trace") ? process.argv[process.argv.indexOf("--trace") + 1] : undefined;
 
 const server = await startServer();
@@ -54,9 +57,24 @@ const run = async (email, args, keep = false) => {
 };
 
 try {
-  const t = await person(browser, server.url);
-  await signUp(t.page, "bench-teacher");
-  const { course, session } = await teacherStartsSession(t.page, `First frame ${Date.now()}`);
+  let course;
+  let session;
+  if (NATIVE_TEACHER) {
+    const email = uniqueEmail("bench-teacher");
+    await run(email, ["signup"]);
+    const out = await run(email, ["new-session", "--title", `First frame ${Date.now()}`]);
+    course = /^course (\S+)$/m.exec(out)?.[1];
+    session = /^session (\S+)$/m.exec(out)?.[1];
+    if (course === undefined || session === undefined) throw new Error(`new-session printed ${out}`);
+    const clip = (f) => fileURLToPath(new URL(`../../../tests/media/${f}`, import.meta.url));
+    await run(email, ["host", session, "--name", "Bench Teacher",
+      ...["camera-q.ivf", "camera-h.ivf", "camera-f.ivf"].flatMap((f) => ["--publish-camera", clip(f)]),
+      "--publish-mic", clip("mic.ogg")], true);
+  } else {
+    const t = await person(browser, server.url);
+    await signUp(t.page, "bench-teacher");
+    ({ course, session } = await teacherStartsSession(t.page, `First frame ${Date.now()}`));
+  }
 
   // The measured student signs up and enrolls first (the sign-up limit per IP would refuse it after the natives).
   const s = await person(browser, server.url);
@@ -93,7 +111,7 @@ try {
     const page = await s.ctx.newPage();
     // --trace FILE: a Chromium trace of the last round (open it in chrome://tracing or Perfetto).
     const tracing = TRACE !== undefined && rounds.length === ROUNDS - 1;
-    if (tracing) await browser.startTracing(page, { path: TRACE, categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "v8.wasm", "blink.user_timing", "toplevel"] });
+    if (tracing) await browser.startTracing(page, { path: TRACE, categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "v8.wasm", "blink.user_timing", "toplevel", "disabled-by-default-v8.cpu_profiler"] });
     await page.goto(`${server.url}/#/live/${session}`);
     const marks = await until("the first decoded teacher frame", async () => {
       const m = await debug(page, "marks");
@@ -117,7 +135,7 @@ try {
   }
   const firsts = rounds.map((m) => m.first_frame_teacher_camera).sort((a, b) => a - b);
   const median = firsts[Math.floor(firsts.length / 2)];
-  console.log(JSON.stringify({ students_in_room: STUDENTS, visit: REOPEN ? "reopen" : "first", rounds, first_frame_ms: { median, max: firsts.at(-1), min: firsts[0] } }, null, 1));
+  console.log(JSON.stringify({ students_in_room: STUDENTS, teacher: NATIVE_TEACHER ? "native" : "browser", visit: REOPEN ? "reopen" : "first", rounds, first_frame_ms: { median, max: firsts.at(-1), min: firsts[0] } }, null, 1));
 } finally {
   for (const c of children) c.stdin?.end("/quit\n");
   await new Promise((ok) => setTimeout(ok, 500));
