@@ -149,7 +149,11 @@ function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
   frame.data = out.buffer as ArrayBuffer;
   if (st.opened++ === 0) first(st, "opened");
   st.lastOpenedAt = now();
-  st.ctrl?.enqueue(frame);
+  try {
+    st.ctrl?.enqueue(frame); // outside `transform` when a key's arrival releases it
+  } catch {
+    st.waiting.length = 0; // the receiver's stream has ended: nothing more to pass on
+  }
   return "done";
 }
 
