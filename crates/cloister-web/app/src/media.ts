@@ -238,8 +238,6 @@ export class Media {
     // Where the time between the answer and the connection goes (the first-frame benchmark reads these marks).
     pc.addEventListener("iceconnectionstatechange", () => mark(`sub_ice_${pc.iceConnectionState}`));
     pc.ontrack = (ev) => {
-      const dtls = ev.receiver.transport;
-      dtls?.addEventListener("statechange", () => mark(`sub_dtls_${dtls.state}`));
       const mid = ev.transceiver.mid ?? "";
       const info = this.trackInfo.get(mid);
       const codec = ev.track.kind === "audio" ? "opus" : "vp8";

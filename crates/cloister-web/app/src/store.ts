@@ -42,7 +42,7 @@ function prune(keep: string): void {
 export async function openRoomStore(session: string, user: string): Promise<RoomStore> {
   const own: RoomStore = { storage: sessionStorage, release: () => {} };
   try {
-    void localStorage.length;
+    void localStorage.length; // reading it throws where storage is disabled
   } catch {
     return own; // no localStorage
   }
