@@ -234,7 +234,11 @@ impl Server {
 
     /// An HTTP client for this server.
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(cloister_wire::CLIENT_POOL_IDLE_SECS))
+            .build()
+            .unwrap()
     }
 
     /// `base` + `path`.

@@ -64,7 +64,9 @@ impl Api {
     /// `base` is `http://host:port` or `https://host:port`; `ca_pem` the certificate to trust for HTTPS (the
     /// server's self-signed one, or its CA).
     pub fn new(base: &str, ca_pem: Option<&[u8]>) -> Result<Self, ApiError> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(cloister_wire::CLIENT_POOL_IDLE_SECS));
         let mut roots = None;
         if let Some(pem) = ca_pem {
             let mut store = rustls::RootCertStore::empty();
@@ -207,6 +209,66 @@ fn rfc3339(t: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::{Api, Login};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use zeroize::Zeroizing;
+
+    /// Reads one request's head; false when the peer closed first.
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        true
+    }
+
+    /// The server closes a keep-alive connection after `SERVER_HTTP1_IDLE_SECS` of silence; a request written at
+    /// that moment is lost with the connection (seen in CI: "error sending request" on a call after a quiet 10 s).
+    /// This server plays the worst case: it answers the first request on a connection and closes the connection on
+    /// the second one without answering. The client must not have reused an idle connection that old.
+    #[tokio::test]
+    async fn a_connection_idle_for_the_pool_time_is_not_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if !read_head(&mut s).await {
+                        return;
+                    }
+                    let body = br#"{"ticket":"t1"}"#;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    s.write_all(body).await.unwrap();
+                    // The second request on this connection is dropped with it.
+                    let _ = read_head(&mut s).await;
+                });
+            }
+        });
+        let api = Api::new(&base, None).unwrap();
+        let login = Login { user_id: String::new(), token: Zeroizing::new("token".into()) };
+        assert_eq!(api.ticket(&login).await.unwrap().as_str(), "t1");
+        tokio::time::sleep(Duration::from_secs(cloister_wire::CLIENT_POOL_IDLE_SECS) + Duration::from_millis(700))
+            .await;
+        assert_eq!(api.ticket(&login).await.unwrap().as_str(), "t1", "the stale connection was reused");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        const { assert!(2 * cloister_wire::CLIENT_POOL_IDLE_SECS <= cloister_wire::SERVER_HTTP1_IDLE_SECS) };
+    }
+
     #[test]
     fn rfc3339_matches_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

@@ -249,7 +249,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cloister_wire::SERVER_HTTP1_IDLE_SECS));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     let builder = Arc::new(builder);
     let shutdown = signals.recv();

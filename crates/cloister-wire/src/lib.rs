@@ -13,6 +13,15 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+/// Seconds the server waits for a request's headers on an HTTP/1.1 connection, idle keep-alive time included: a
+/// connection that sends nothing for this long is closed.
+pub const SERVER_HTTP1_IDLE_SECS: u64 = 10;
+
+/// Seconds a client keeps an idle pooled connection to the server. Well under [`SERVER_HTTP1_IDLE_SECS`]: a
+/// connection the server is closing at that moment would take a request with it, and the client could not tell
+/// whether the server saw it.
+pub const CLIENT_POOL_IDLE_SECS: u64 = 4;
+
 /// A secret string from a request (password, recovery code). Zeroized on drop, redacted in `Debug`.
 #[derive(Clone, Deserialize, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 #[serde(transparent)]

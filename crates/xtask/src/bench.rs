@@ -133,7 +133,10 @@ pub fn main(_args: &[String]) -> anyhow::Result<()> {
     let server = start_server()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .pool_idle_timeout(Duration::from_secs(cloister_wire::CLIENT_POOL_IDLE_SECS))
+            .build()?;
         let creds = serde_json::json!({"email": "bench@example.org", "password": "benchmark-password"});
         let r = client.post(format!("{}/api/v1/accounts", server.base)).json(&creds).send().await?;
         if r.status() != 201 {
