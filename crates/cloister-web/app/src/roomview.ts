@@ -239,8 +239,9 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
     // Media on this connection as soon as the join is asked (on a reconnection too: the server ended the old
     // connection's media). Frames that come before the Welcome's keys wait in the media worker.
     joining: () => void media.reconnect(),
-    // The media answer first (ICE and DTLS then come up while the Welcome is processed); 300 ms at most.
-    beforeWelcome: (): Promise<void> => media.answerSent(300),
+    // The subscribe connection up first (its ICE checks stall while the core works on the main thread); 300 ms at
+    // most.
+    beforeWelcome: (): Promise<void> => media.subscribed(300),
     reconnected: () => void media.reconnect(),
   }, store.storage, early?.ticket);
 
