@@ -3,7 +3,8 @@
 //! It exposes exactly what the web client needs: a [`Client`] (identity, KeyPackages, one session group, messages,
 //! frame seal/open, state save/restore) and, for tests and tools, a [`DeliveryServiceKey`] that plays the delivery
 //! service's external-sender role. Complex results cross as JSON strings; bytes as `Uint8Array`; errors as `Error`s
-//! with the Rust message. No logic lives here: every decision is in `cloister-e2ee`.
+//! with the Rust message (and, where a caller must act on the kind, a name: [`NO_KEY_ERROR`]). No logic lives here:
+//! every decision is in `cloister-e2ee`.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,10 @@ const GRACE_MS: i64 = 5_000;
 fn js(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
+
+/// The `name` of the `Error` [`MediaKeys::open`] throws for a frame whose epoch has no key here (not yet installed,
+/// or retired): a receiver may hold such a frame until the key comes. Every other failure is a plain `Error`.
+pub const NO_KEY_ERROR: &str = "NoKeyError";
 
 fn codec(name: &str) -> Result<Codec, JsError> {
     match name {
@@ -329,12 +334,25 @@ impl MediaKeys {
     /// (RFC 9605 §9.3): such a frame is dropped, not a failure. Receivers see them without any attack: a browser can
     /// assemble a frame twice when a packet of it arrives again (str0m probes bandwidth by resending packets as RTX)
     /// while the first copy is still in the transform.
-    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Option<Vec<u8>>, JsError> {
+    ///
+    /// Throws an `Error` named `NoKeyError` ([`NO_KEY_ERROR`]) when the frame's epoch has no key here, and a plain
+    /// `Error` for anything else (a frame that fails authentication, a malformed one).
+    pub fn open(&mut self, codec_name: &str, wire: &[u8], now_ms: f64) -> Result<Option<Vec<u8>>, JsValue> {
         match self.0.open(codec(codec_name)?, wire, now_ms as i64) {
             Ok(o) => Ok(Some(o.frame)),
             Err(MediaError::Replay) => Ok(None),
-            Err(e) => Err(js(e)),
+            Err(e @ MediaError::UnknownEpoch) => {
+                let err = js_sys::Error::new(&e.to_string());
+                err.set_name(NO_KEY_ERROR);
+                Err(err.into())
+            }
+            Err(e) => Err(js(e).into()),
         }
+    }
+
+    /// The name of the `Error` [`MediaKeys::open`] throws for a frame whose epoch has no key (`NoKeyError`).
+    pub fn no_key_error() -> String {
+        NO_KEY_ERROR.to_owned()
     }
 
     /// The epochs held, oldest first (JSON list).

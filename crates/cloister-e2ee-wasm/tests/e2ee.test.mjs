@@ -72,7 +72,7 @@ test('a media worker keyring drops a duplicate frame without an error and refuse
   assert.deepEqual(receiver.open('vp8', next, now()), frame, 'the next frame still opens');
 });
 
-test('a frame whose epoch has no key yet fails with the message the media worker holds frames on, and opens later', () => {
+test('a frame whose epoch has no key yet fails with the NoKeyError the media worker holds frames on, and opens later', () => {
   const { teacher, student } = classOfTwo();
   const sender = new wasm.MediaKeys(0);
   sender.install(teacher.epoch(), 0, teacher.media_epoch_key(), now());
@@ -80,9 +80,14 @@ test('a frame whose epoch has no key yet fails with the message the media worker
   frame[0] = 0x11;
   const wire = sender.seal(0, 'vp8', frame);
   const receiver = new wasm.MediaKeys(1);
-  // e2ee-worker.ts compares this message (NO_KEY) to tell "wait for the key" from a failure.
-  assert.throws(() => receiver.open('vp8', wire, now()), { message: 'no key for that epoch' });
+  // e2ee-worker.ts tells "wait for the key" from a failure by this name.
+  assert.equal(wasm.MediaKeys.no_key_error(), 'NoKeyError');
+  assert.throws(() => receiver.open('vp8', wire, now()), (e) => e instanceof Error && e.name === 'NoKeyError' && e.message === 'no key for that epoch');
+  // Any other failure is a plain Error: a frame changed in flight fails authentication once its key is in.
   receiver.install(student.epoch(), 1, student.media_epoch_key(), now());
+  const changed = wire.slice();
+  changed[changed.length - 1] ^= 1;
+  assert.throws(() => receiver.open('vp8', changed, now()), (e) => e instanceof Error && e.name === 'Error' && e.message === 'frame failed authentication');
   assert.deepEqual(receiver.open('vp8', wire, now()), frame, 'the held frame opens once its key is in');
 });
 

@@ -80,7 +80,7 @@ let wrongKeys = false;
 /** How long, and how many, received frames may wait for their epoch's key before they count as failed. */
 const HOLD_MS = 3000;
 const HOLD_MAX = 400;
-/** MediaKeys.open's error for a frame whose epoch has no key (cloister-e2ee's MediaError::UnknownEpoch). */
+/** What a held frame that never got its key counts as failed with (shown in the receiver's stats). */
 const NO_KEY = "no key for that epoch";
 
 interface Receiver extends ReceiverStats {
@@ -137,9 +137,9 @@ function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
   try {
     out = keys.open(st.codec, new Uint8Array(frame.data), now());
   } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    if (why === NO_KEY) return "no_key";
-    fail(st, why);
+    // The core names the one failure a frame may wait out: its epoch has no key here (yet).
+    if (e instanceof Error && e.name === MediaKeys.no_key_error()) return "no_key";
+    fail(st, e instanceof Error ? e.message : String(e));
     return "done";
   }
   if (out === undefined) {
