@@ -559,6 +559,10 @@ async fn protective_headers(req: Request, next: Next) -> Response {
     h.insert(HeaderName::from_static("permissions-policy"), HeaderValue::from_static(cloister_web::PERMISSIONS_POLICY));
     h.insert(HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if asset {
+        // An asset may go gzipped or not by the request's Accept-Encoding: a shared cache must keep them apart.
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
@@ -644,7 +648,10 @@ pub fn router_with_web(state: AppState, web: Option<std::path::PathBuf>) -> Rout
     }
     let router = match web {
         Some(dir) => {
-            let files = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
+            // `cargo xtask web` writes a gzip copy beside each asset (the 1.8 MB core is 0.57 MB gzipped): served to
+            // browsers that accept it, never compressed on the fly.
+            let files =
+                tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true).precompressed_gzip();
             router.fallback(move |req: Request| web_file(files.clone(), req))
         }
         None => router.fallback(not_found),

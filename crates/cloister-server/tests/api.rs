@@ -588,3 +588,39 @@ async fn only_the_web_builds_content_named_assets_may_be_cached() {
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store", "{path}: {}", r.status());
     }
 }
+
+#[tokio::test]
+async fn an_assets_gzip_copy_goes_to_browsers_that_accept_gzip_and_only_to_them() {
+    let h = harness().await;
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "<!doctype html><title>t</title>").unwrap();
+    std::fs::create_dir(web.path().join("assets")).unwrap();
+    let plain = b"\0asm core bytes ".repeat(64);
+    // What `cargo xtask web` writes beside it (contents need not be real gzip for the server's choice).
+    let gz = b"gzip copy".to_vec();
+    std::fs::write(web.path().join("assets/core-AbC.wasm"), &plain).unwrap();
+    std::fs::write(web.path().join("assets/core-AbC.wasm.gz"), &gz).unwrap();
+    let app = cloister_server::api::router_with_web(h.state.clone(), Some(web.path().to_owned()));
+    let get = |accept: Option<&'static str>| {
+        let app = app.clone();
+        let mut req = Request::builder().uri("/assets/core-AbC.wasm");
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT_ENCODING, a);
+        }
+        async move { app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap() }
+    };
+    let r = get(Some("gzip, deflate, br, zstd")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "application/wasm", "streaming compilation needs the wasm type");
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+    assert_eq!(r.headers()[header::VARY], "accept-encoding", "a shared cache must not mix the two");
+    assert_eq!(axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().as_ref(), gz.as_slice());
+    for accept in [None, Some("identity"), Some("br")] {
+        let r = get(accept).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none(), "{accept:?}");
+        assert_eq!(r.headers()[header::VARY], "accept-encoding");
+        assert_eq!(axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().as_ref(), plain.as_slice());
+    }
+}

@@ -2,8 +2,8 @@
 //!
 //! Builds the e2ee wasm module (`cargo xtask wasm`), installs Node.js and npm from Debian if missing, installs the
 //! web client's npm packages exactly as package-lock.json pins them (`npm ci`), copies the wasm-bindgen output into
-//! `app/src/wasm/` and runs the strict TypeScript check and the Vite build into `crates/cloister-web/dist`, which
-//! `cloister serve` serves. `cargo xtask web test` then runs the browser tests in Debian's Chromium.
+//! `app/src/wasm/` and runs the strict TypeScript check and the Vite build into `crates/cloister-web/dist` (with a
+//! gzip copy of each asset), which `cloister serve` serves. `cargo xtask web test` then runs the browser tests in Debian's Chromium.
 
 use anyhow::{bail, Context as _};
 use std::path::PathBuf;
@@ -61,7 +61,21 @@ pub fn build_app() -> anyhow::Result<()> {
     if !cloister_web_built(&dir) {
         bail!("the web build wrote no dist/index.html");
     }
+    gzip_assets(&dir.join("dist/assets"))?;
     println!("web: built {}", dir.join("dist").display());
+    Ok(())
+}
+
+/// A gzip copy beside each script, style sheet and wasm module (`x.js.gz`), which `cloister serve` sends to browsers
+/// that accept gzip; Debian's gzip, reproducible (`-n`: no name or time stamp).
+fn gzip_assets(assets: &std::path::Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(assets).with_context(|| format!("read {}", assets.display()))? {
+        let path = e?.path();
+        let compressible = path.extension().is_some_and(|x| x == "js" || x == "css" || x == "wasm");
+        if compressible {
+            crate::run(Command::new("gzip").args(["-9", "-k", "-n", "-f"]).arg(&path))?;
+        }
+    }
     Ok(())
 }
 
