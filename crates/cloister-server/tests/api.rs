@@ -567,13 +567,21 @@ async fn denials_are_audited_but_cannot_grow_the_log_at_will() {
     assert_eq!(h.state.audit.entries(0, 10_000).await.unwrap().0.len(), flushed.len() + 1);
 }
 
-#[tokio::test]
-async fn only_the_web_builds_content_named_assets_may_be_cached() {
-    let h = harness().await;
+/// A web build's directory: an `index.html` and `assets/` holding `files` (name, contents).
+fn web_build(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     let web = tempfile::tempdir().unwrap();
     std::fs::write(web.path().join("index.html"), "<!doctype html><title>t</title>").unwrap();
     std::fs::create_dir(web.path().join("assets")).unwrap();
-    std::fs::write(web.path().join("assets/index-AbC123.js"), "export {};").unwrap();
+    for (name, contents) in files {
+        std::fs::write(web.path().join("assets").join(name), contents).unwrap();
+    }
+    web
+}
+
+#[tokio::test]
+async fn only_the_web_builds_content_named_assets_may_be_cached() {
+    let h = harness().await;
+    let web = web_build(&[("index-AbC123.js", b"export {};")]);
     let app = cloister_server::api::router_with_web(h.state.clone(), Some(web.path().to_owned()));
     let get = |path: &str| {
         let app = app.clone();
@@ -592,14 +600,10 @@ async fn only_the_web_builds_content_named_assets_may_be_cached() {
 #[tokio::test]
 async fn an_assets_gzip_copy_goes_to_browsers_that_accept_gzip_and_only_to_them() {
     let h = harness().await;
-    let web = tempfile::tempdir().unwrap();
-    std::fs::write(web.path().join("index.html"), "<!doctype html><title>t</title>").unwrap();
-    std::fs::create_dir(web.path().join("assets")).unwrap();
     let plain = b"\0asm core bytes ".repeat(64);
     // What `cargo xtask web` writes beside it (contents need not be real gzip for the server's choice).
     let gz = b"gzip copy".to_vec();
-    std::fs::write(web.path().join("assets/core-AbC.wasm"), &plain).unwrap();
-    std::fs::write(web.path().join("assets/core-AbC.wasm.gz"), &gz).unwrap();
+    let web = web_build(&[("core-AbC.wasm", &plain), ("core-AbC.wasm.gz", &gz)]);
     let app = cloister_server::api::router_with_web(h.state.clone(), Some(web.path().to_owned()));
     let get = |accept: Option<&'static str>| {
         let app = app.clone();
