@@ -129,6 +129,9 @@ function fail(st: Receiver, why: string): void {
   st.lastFailedAt = now();
 }
 
+/** The name of the core's error for a frame whose epoch has no key (asked once: frames are held by it). */
+let noKeyName: string | undefined;
+
 /** Opens `frame` and passes it on (or drops a replay, or counts a failure); "no_key" when its epoch has no key,
  * leaving the frame as it was. */
 function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
@@ -138,7 +141,8 @@ function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
     out = keys.open(st.codec, new Uint8Array(frame.data), now());
   } catch (e) {
     // The core names the one failure a frame may wait out: its epoch has no key here (yet).
-    if (e instanceof Error && e.name === MediaKeys.no_key_error()) return "no_key";
+    noKeyName ??= MediaKeys.no_key_error();
+    if (e instanceof Error && e.name === noKeyName) return "no_key";
     fail(st, e instanceof Error ? e.message : String(e));
     return "done";
   }

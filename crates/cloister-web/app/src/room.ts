@@ -27,7 +27,7 @@ export interface RoomEvents {
    * arrives before the epoch's key is held in the media worker). */
   joining(): void;
   /** Resolves when a Welcome may be processed: processing it holds the page's thread, so the media connection's
-   * answer goes out first and its ICE and DTLS come up meanwhile. */
+   * ICE checks start first, and ICE and DTLS finish meanwhile. */
   beforeWelcome(): Promise<void>;
   reconnected(): void;
 }
