@@ -121,10 +121,15 @@ try {
     const nav = await page.evaluate(() => {
       const n = performance.getEntriesByType("navigation")[0];
       const js = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".js"));
+      // Each request's start/connectStart/connectEnd/requestStart/responseStart/responseEnd: where its time went
+      // (queued in the browser, connecting, the server, the body).
+      const timing = (e) => [e.startTime, e.connectStart, e.connectEnd, e.requestStart, e.responseStart, e.responseEnd].map(Math.round).join("/");
       const fetches = performance.getEntriesByType("resource").filter((e) => e.name.includes("/api/")).slice(0, 6)
-        .map((e) => `${new URL(e.name).pathname.split("/").slice(2, 4).join("/")} ${Math.round(e.startTime)}-${Math.round(e.responseEnd)}`);
+        .map((e) => `${new URL(e.name).pathname.split("/").slice(2, 4).join("/")} ${timing(e)}`);
       const at = (name) => performance.getEntriesByName(name)[0]?.startTime;
       const wasm = performance.getEntriesByType("resource").find((e) => e.name.endsWith(".wasm"));
+      if (js !== undefined) fetches.push(`js ${timing(js)}`);
+      if (wasm !== undefined) fetches.push(`wasm ${timing(wasm)}`);
       return { core_start: at("core_start"), wasm_loaded: wasm?.responseEnd, core_compiled: at("core_compiled"), core_ready: at("core_ready"), nav_request: n.requestStart, nav_response: n.responseEnd, js_loaded: js?.responseEnd, dom_interactive: n.domInteractive, fetches };
     });
     if (tracing) await browser.stopTracing();

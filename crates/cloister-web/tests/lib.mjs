@@ -103,8 +103,11 @@ export const chromiumArgs = [
   "--disable-backgrounding-occluded-windows",
 ];
 
+/** Chromium with `chromiumArgs`, and any flags in CHROMIUM_EXTRA (space-separated: say a net log of a benchmark run,
+ * `--log-net-log=/tmp/net.json --net-log-capture-mode=Everything`). */
 export async function launch() {
-  return chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: chromiumArgs, headless: true });
+  const extra = (process.env.CHROMIUM_EXTRA ?? "").split(" ").filter((a) => a !== "");
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: [...chromiumArgs, ...extra], headless: true });
 }
 
 /** A fresh browser context (its own storage: one person) with camera and microphone allowed. */
