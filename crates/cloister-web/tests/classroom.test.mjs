@@ -2,14 +2,15 @@
 // both students decode the teacher's camera and then the screen share; chat, questions and raised hands appear in
 // the same order for everyone; all show the same safety code. Then: a learner who is not enrolled is refused,
 // a receiver with a wrong key decodes nothing and warns, a dropped connection comes back without a reload and
-// without losing chat, a student the teacher removes stops decoding, and the video layer follows the window's
-// width. Screenshots go to test-artifacts/.
+// without losing chat, a student the teacher removes stops decoding, the video layer follows the window's width,
+// and a joiner's media that comes before its keys waits for them (frames sealed in the epoch before its own are
+// dropped, none fails). Screenshots go to test-artifacts/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { artifacts, debug, decoded, launch, person, signUp, startServer, studentJoins, until } from "./lib.mjs";
+import { artifacts, debug, decoded, launch, person, signUp, startServer, studentJoins, teacherStartsSession, until } from "./lib.mjs";
 
 let server;
 let browser;
@@ -467,6 +468,39 @@ test("a joining student's media starts before its Welcome: the frames that come 
   for (const r of rs) assert.equal(r.failed, 0, `no ${r.source} frame failed: ${JSON.stringify(r)}`);
   assert.equal(await debug(s4.page, "indicator"), "End-to-end encrypted");
   await s4.page.close();
+});
+
+test("a joiner whose media comes before the teacher's commit that adds it: the frames of the epoch before drop, none fails", { timeout: 120_000 }, async () => {
+  // A teacher of its own, whose page gets the server's "commit now" 1.5 s late: the student's media connection is up
+  // while the teacher still seals in the epoch before the student's, so the student receives frames it never gets
+  // the key of, then the new epoch's.
+  const t2 = await person(browser, server.url);
+  const s5 = await person(browser, server.url);
+  people.t2 = t2;
+  people.s5 = s5;
+  let delayed = 0;
+  await t2.page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
+    const srv = ws.connectToServer();
+    srv.onMessage((m) => {
+      if (JSON.parse(String(m)).t === "commit_now") {
+        delayed += 1;
+        setTimeout(() => ws.send(m), 1500);
+      } else ws.send(m);
+    });
+  });
+  await signUp(t2.page, "teacher2");
+  const { course } = await teacherStartsSession(t2.page, `Commits late ${Date.now()}`);
+  await signUp(s5.page, "student5");
+  await studentJoins(s5.page, course);
+  await until("the student decodes the teacher's camera", async () => ((await decoded(s5.page))["teacher:camera"] ?? 0) > 30, 60_000);
+  assert.ok(delayed > 0, "the teacher's commit was held back");
+  const rs = await debug(s5.page, "receivers");
+  const camera = rs.find((r) => r.source === "camera");
+  assert.ok(camera !== undefined && camera.dropped > 0, `frames from before the student's epoch were dropped: ${JSON.stringify(rs)}`);
+  for (const r of rs) assert.equal(r.failed, 0, `no ${r.source} frame failed: ${JSON.stringify(r)}`);
+  assert.equal(await debug(s5.page, "indicator"), "End-to-end encrypted");
+  await s5.page.close();
+  await t2.page.close();
 });
 
 test("a receiver with a wrong key decodes no frames and its indicator names the sender", { timeout: 90_000 }, async () => {

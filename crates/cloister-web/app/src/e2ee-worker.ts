@@ -2,7 +2,9 @@
 // the createEncodedStreams fallback's streams posted in). Sealing and opening use the wasm core's MediaKeys with
 // the epoch keys the page hands over; a frame without a key is dropped, never sent in the clear. A received frame
 // whose epoch has no key yet waits for it (a joining member's media starts while its Welcome is processed, and a
-// sender may switch to a new epoch a moment before this page has its key), in order, for at most HOLD_MS.
+// sender may switch to a new epoch a moment before this page has its key), in order, for at most HOLD_MS; held
+// frames that never open count as failed, except those that came before this page had held keys for HOLD_MS (a
+// joiner may get some sealed in the epoch before its own), which are dropped.
 import { loadCore, MediaKeys } from "./core";
 
 export type Codec = "vp8" | "opus";
@@ -38,7 +40,7 @@ export interface ReceiverStats {
   source: string;
   opened: number;
   failed: number;
-  /** Frames dropped as already opened (or too far behind): duplicates, not failures. */
+  /** Frames dropped as already opened (or too far behind), or as not for this device (`giveUp`): not failures. */
   dropped: number;
   /** Frames that came before their epoch's key and waited for it (opened or failed after). */
   held: number;
@@ -77,9 +79,13 @@ let keys: MediaKeys | null = null;
 let haveKey = false;
 let wrongKeys = false;
 
-/** How long, and how many, received frames may wait for their epoch's key before they count as failed. */
+/** How long, and how many, received frames may wait for their epoch's key before they count as failed. The time
+ * runs from the frame's arrival or from this page's first key, whichever is later: a joiner's media starts before
+ * its Welcome, however long that takes (the count still bounds what waits). */
 const HOLD_MS = 3000;
 const HOLD_MAX = 400;
+/** When this page got its first media key (`now()`), null before. */
+let keysSince: number | null = null;
 /** What a held frame that never got its key counts as failed with (shown in the receiver's stats). */
 const NO_KEY = "no key for that epoch";
 
@@ -161,6 +167,14 @@ function tryOpen(st: Receiver, frame: EncodedFrame): "done" | "no_key" {
   return "done";
 }
 
+/** Gives up on a held frame that came at `at` and will not open. One that came before this page had held keys
+ * for HOLD_MS is dropped: a joiner's media may start while the publisher still seals in the epoch before the commit
+ * that adds it, and those frames, or their stragglers on another layer, are not for it. Any later one failed. */
+function giveUp(st: Receiver, at: number): void {
+  if (keysSince === null || at < keysSince + HOLD_MS) st.dropped++;
+  else fail(st, NO_KEY);
+}
+
 /** Passes on the held frames that open now, in order, up to the first that still has no key; frames that waited
  * too long (or too many) count as failed. */
 function release(st: Receiver): void {
@@ -168,8 +182,9 @@ function release(st: Receiver): void {
   while (st.waiting.length > 0) {
     const w = st.waiting[0]!;
     if (tryOpen(st, w.frame) === "no_key") {
-      if (t - w.at < HOLD_MS && st.waiting.length <= HOLD_MAX) return;
-      fail(st, keys === null ? "no keys yet" : NO_KEY);
+      const since = keysSince === null ? t : Math.max(w.at, keysSince);
+      if (t - since < HOLD_MS && st.waiting.length <= HOLD_MAX) return;
+      giveUp(st, w.at);
     }
     st.waiting.shift();
   }
@@ -204,9 +219,9 @@ function open(o: ReceiveOptions, t: ScriptTransformer | null) {
       }
       const opened = st.opened;
       if (tryOpen(st, frame) === "done") {
-        // Its epoch has a key and the held frames' have none (a key's arrival releases them): they are from an
-        // epoch already retired, or came out of order across a key change. Neither will open.
-        if (st.opened > opened) for (; st.waiting.length > 0; st.waiting.shift()) fail(st, NO_KEY);
+        // Its epoch has a key and the held frames' have none (a key's arrival releases them), so none will open:
+        // they are from an epoch before this device's first, retired, or came out of order across a key change.
+        if (st.opened > opened) for (; st.waiting.length > 0; st.waiting.shift()) giveUp(st, st.waiting[0]!.at);
         return;
       }
       st.held++;
@@ -259,6 +274,7 @@ scope.onmessage = (ev) => {
       if (m.send) keys.install(m.epoch, m.leaf, key, now());
       else keys.install_receive(m.epoch, m.leaf, key, now());
       m.key.fill(0);
+      keysSince ??= now();
       haveKey ||= m.send;
       for (const r of receivers.values()) release(r);
       afterKeyChange();
@@ -269,6 +285,7 @@ scope.onmessage = (ev) => {
       keys?.free();
       keys = new MediaKeys(m.leaf);
       keys.install(m.epoch, m.leaf, crypto.getRandomValues(new Uint8Array(16)), now());
+      keysSince ??= now();
       haveKey = true;
     } else if (m.t === "streams") {
       attach(m.options, m.readable, m.writable, null);
