@@ -76,9 +76,10 @@ export class Media {
   private subPeer: number | null = null;
   private subRequest: number | null = null;
   private trackInfo = new Map<string, MediaTrack>();
-  /** Settles once the subscribe connection is up (ICE and DTLS), failed or gone: a Welcome waits for it (at most
-   * 300 ms, see `subscribed`), because Chromium's ICE checks do not start while the page's main thread is busy in
-   * the core (measured: checks 77 ms after the answer when the Welcome was processed at once, 17 ms when it waited). */
+  /** Settles once the subscribe connection's ICE checks run, ICE failed, or the connection is gone: a Welcome waits
+   * for it (at most 300 ms, see `checking`), because Chromium's ICE checks do not start while the page's main thread
+   * is busy in the core (measured: checks 77 ms after the answer when the Welcome was processed at once, 17 ms when
+   * it waited); once they run, ICE and DTLS finish beside the core's work. */
   private checksDue: { running: Promise<void>; settle: () => void } | null = null;
   private remotes = new Map<string, Remote>();
   private prefs = { maxLayer: 2, video: true };
