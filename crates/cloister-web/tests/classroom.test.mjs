@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { artifacts, debug, decoded, launch, person, signUp, startServer, studentJoins, teacherStartsSession, until } from "./lib.mjs";
+import { artifacts, debug, decoded, launch, person, relayServerFrames, signUp, startServer, studentJoins, teacherStartsSession, until } from "./lib.mjs";
 
 let server;
 let browser;
@@ -449,15 +449,11 @@ test("a joining student's media starts before its Welcome: the frames that come 
   // The page gets its Welcome, and every delivery-service frame after it (in order), 2 s late; media signaling
   // passes at once. So the teacher's frames reach the media worker before the epoch's keys do.
   let late = null;
-  await s4.page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
-    const srv = ws.connectToServer();
-    srv.onMessage((m) => {
-      const f = JSON.parse(String(m));
-      const media = f.t.startsWith("media_") || f.t === "speaker" || f.t === "staged" || ((f.t === "ok" || f.t === "error") && f.id >= 2 ** 40);
-      if (late === null && f.t === "welcome") late = new Promise((ok) => setTimeout(ok, 2000));
-      if (late === null || media) ws.send(m);
-      else late = late.then(() => ws.send(m));
-    });
+  await relayServerFrames(s4.page, (f, send) => {
+    const media = f.t.startsWith("media_") || f.t === "speaker" || f.t === "staged" || ((f.t === "ok" || f.t === "error") && f.id >= 2 ** 40);
+    if (late === null && f.t === "welcome") late = new Promise((ok) => setTimeout(ok, 2000));
+    if (late === null || media) send();
+    else late = late.then(send);
   });
   await studentJoins(s4.page, /#\/course\/(\S+)/.exec(people.courseUrl)[1]);
   await until("the student decodes the teacher's camera", async () => ((await decoded(s4.page))["teacher:camera"] ?? 0) > 30, 60_000);
@@ -479,14 +475,10 @@ test("a joiner whose media comes before the teacher's commit that adds it: the f
   people.t2 = t2;
   people.s5 = s5;
   let delayed = 0;
-  await t2.page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
-    const srv = ws.connectToServer();
-    srv.onMessage((m) => {
-      if (JSON.parse(String(m)).t === "commit_now") {
-        delayed += 1;
-        setTimeout(() => ws.send(m), 1500);
-      } else ws.send(m);
-    });
+  await relayServerFrames(t2.page, (f, send) => {
+    if (f.t !== "commit_now") return send();
+    delayed += 1;
+    setTimeout(send, 1500);
   });
   await signUp(t2.page, "teacher2");
   const { course } = await teacherStartsSession(t2.page, `Commits late ${Date.now()}`);

@@ -160,6 +160,15 @@ export async function until(what, fn, ms = 30_000, every = 250) {
 export const decoded = (page) => page.evaluate(() => window.cloisterDebug?.decoded() ?? {});
 export const debug = (page, what) => page.evaluate((w) => window.cloisterDebug?.[w]?.() ?? null, what);
 
+/** Routes `page`'s WebSocket through `relay(frame, send)`: each frame from the server (parsed) reaches the page when,
+ * and only if, `relay` calls `send`; the page's own frames go to the server unchanged. */
+export async function relayServerFrames(page, relay) {
+  await page.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
+    const srv = ws.connectToServer();
+    srv.onMessage((m) => relay(JSON.parse(String(m)), () => ws.send(m)));
+  });
+}
+
 /** On the courses page: the teacher creates a free course, schedules a session now and opens its live room. */
 export async function teacherStartsSession(page, title) {
   await page.getByLabel("Title").fill(title);

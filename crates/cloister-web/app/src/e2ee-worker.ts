@@ -79,7 +79,7 @@ let keys: MediaKeys | null = null;
 let haveKey = false;
 let wrongKeys = false;
 
-/** How long, and how many, received frames may wait for their epoch's key before they count as failed. The time
+/** How long, and how many, received frames may wait for their epoch's key before they are given up. The time
  * runs from the frame's arrival or from this page's first key, whichever is later: a joiner's media starts before
  * its Welcome, however long that takes (the count still bounds what waits). */
 const HOLD_MS = 3000;
@@ -176,7 +176,7 @@ function giveUp(st: Receiver, at: number): void {
 }
 
 /** Passes on the held frames that open now, in order, up to the first that still has no key; frames that waited
- * too long (or too many) count as failed. */
+ * too long (or too many) are given up (`giveUp`). */
 function release(st: Receiver): void {
   const t = now();
   while (st.waiting.length > 0) {

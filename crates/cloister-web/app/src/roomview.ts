@@ -449,7 +449,7 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
       if (main === null || main.dataset["mid"] === r.mid) continue;
       const from = document.getElementById(`tile-${r.mid}`);
       const v = from?.querySelector("video");
-      if (from === null || v === null || v === undefined) {
+      if (from === null || v == null) {
         removeRemote(r.mid);
         addRemote(r);
         continue;
@@ -461,14 +461,13 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
       main.dataset["mid"] = r.mid;
       main.hidden = from.hidden;
       from.remove();
-      if (v.dataset["shown"] === "1") firstFrame(v);
+      if (v.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA) firstFrame(v, r.source);
     }
   }
 
   /** Marks the first frame shown in each place (the join benchmark reads the teacher camera's). */
-  function firstFrame(v: HTMLVideoElement): void {
-    v.dataset["shown"] = "1";
-    mark(`first_frame_${v.parentElement === cameraTile ? "teacher_camera" : (v.dataset["source"] ?? "video")}`);
+  function firstFrame(v: HTMLVideoElement, source: string): void {
+    mark(`first_frame_${v.parentElement === cameraTile ? "teacher_camera" : source}`);
   }
 
   function addRemote(r: Remote): void {
@@ -489,7 +488,7 @@ export async function liveRoom(me: Me, sessionId: string, early?: Early): Promis
     renderCaptions();
     tile.dataset["mid"] = r.mid;
     mark(`track_${r.source}`);
-    const first = () => firstFrame(v);
+    const first = () => firstFrame(v, r.source);
     if (typeof v.requestVideoFrameCallback === "function") v.requestVideoFrameCallback(first);
     else (v as HTMLVideoElement).addEventListener("loadeddata", first, { once: true });
     // An empty slot (a screen not shared yet) shows once frames decode. The element may move to a main tile
